@@ -1,0 +1,149 @@
+"""The mixture's arithmetic (pure numpy) and the assembled predictor.
+
+Notation (see README): router r(x) over groups, base b(x) over classes, specialist
+s_g(x) over its group's classes embedded into all classes as ŝ_g(x), gate g's
+weights w_g(x) over {base, specialist}. Branch g: p_g = w_g0 * b + w_g1 * ŝ_g.
+Hard routing: p = p_{argmax r}. Soft routing: p = sum_g r_g * p_g.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hmoe.params import ROUTINGS, Groups
+
+logger = logging.getLogger(__name__)
+
+
+def embed(spec_probs: np.ndarray, class_ids: Sequence[int], n_classes: int) -> np.ndarray:
+    """Place a specialist's (N, k) distribution into (N, n_classes), zeros elsewhere."""
+    out = np.zeros((spec_probs.shape[0], n_classes), dtype=np.float32)
+    out[:, list(class_ids)] = spec_probs
+    return out
+
+
+def route_weights(router_probs: np.ndarray, routing: str) -> np.ndarray:
+    """(N, G) weights of each branch: one-hot of the top group, or the probabilities."""
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+    if routing == "soft":
+        return router_probs.astype(np.float32)
+    return one_hot(np.argmax(router_probs, axis=1), router_probs.shape[1])
+
+
+def one_hot(index: np.ndarray, n: int) -> np.ndarray:
+    return np.eye(n, dtype=np.float32)[np.asarray(index)]
+
+
+def branch_probs(gate_w: np.ndarray, base: np.ndarray, spec_embedded: np.ndarray) -> np.ndarray:
+    """p_g = w0 * b + w1 * ŝ_g, row-wise; a distribution when the inputs are."""
+    return gate_w[:, :1] * base + gate_w[:, 1:2] * spec_embedded
+
+
+def combine(
+    route: np.ndarray,
+    gate_ws: Sequence[np.ndarray],
+    base: np.ndarray,
+    specs_embedded: Sequence[np.ndarray],
+) -> np.ndarray:
+    """Mixture distribution: sum_g route[:, g] * p_g (hard route: the chosen branch)."""
+    out = np.zeros_like(base, dtype=np.float32)
+    for g, (w, s) in enumerate(zip(gate_ws, specs_embedded, strict=True)):
+        out += route[:, g : g + 1] * branch_probs(w, base, s)
+    return out
+
+
+def ensemble(base: np.ndarray, specs_embedded: Sequence[np.ndarray]) -> np.ndarray:
+    """Compute-matched control: mean of base and every specialist, renormalised."""
+    total = base + sum(specs_embedded)
+    return total / total.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Every frozen network's output on one split (what evaluation and gates need)."""
+
+    router: np.ndarray  # (N, G)
+    base: np.ndarray  # (N, C)
+    specs: tuple[np.ndarray, ...]  # G x (N, C), embedded
+
+    def gate_inputs(self, g: int) -> np.ndarray:
+        return np.concatenate([self.base, self.specs[g]], axis=1)
+
+
+class Mixture:
+    """The assembled hierarchical mixture: router, base, specialists and gates.
+
+    ``predict_proba`` runs hard routing the cheap way: the batch is split by route
+    and each branch's specialist and gate run only on its share.
+    """
+
+    def __init__(
+        self,
+        *,
+        router,
+        base,
+        specialists: Mapping[str, object],
+        gates: Mapping[str, object],
+        groups: Groups,
+        routing: str = "hard",
+        batch_size: int = 512,
+    ) -> None:
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        missing = [g for g in groups.names if g not in specialists]
+        missing += [g for g in groups.names if gates and g not in gates]
+        if missing:
+            raise ValueError(f"no specialist or gate for groups {missing}")
+        self.router, self.base, self.groups, self.routing = router, base, groups, routing
+        self.specialists = [specialists[g] for g in groups.names]
+        # Gates may be absent while they are being trained (outputs() needs none).
+        self.gates = [gates[g] for g in groups.names] if gates else []
+        self.batch_size = batch_size
+        self.n_classes = len(groups.classes)
+
+    def _predict(self, model, x: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
+        return np.asarray(model.predict(x, batch_size=self.batch_size, verbose=0))
+
+    def _spec(self, g: int, x: np.ndarray) -> np.ndarray:
+        ids = self.groups.class_ids(self.groups.names[g])
+        return embed(self._predict(self.specialists[g], x), ids, self.n_classes)
+
+    def outputs(self, x: np.ndarray) -> Outputs:
+        """Run every network on every image (dense): for evaluation and gate training."""
+        return Outputs(
+            router=self._predict(self.router, x),
+            base=self._predict(self.base, x),
+            specs=tuple(self._spec(g, x) for g in range(len(self.specialists))),
+        )
+
+    def gate_weights(self, out: Outputs) -> list[np.ndarray]:
+        return [self._predict(gate, out.gate_inputs(g)) for g, gate in enumerate(self.gates)]
+
+    def predict_dense(self, x: np.ndarray, routing: str | None = None) -> np.ndarray:
+        """Mixture probabilities with every network on every image."""
+        out = self.outputs(x)
+        route = route_weights(out.router, routing or self.routing)
+        return combine(route, self.gate_weights(out), out.base, out.specs)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Mixture probabilities; hard routing runs each branch on its share only."""
+        if self.routing == "soft":
+            return self.predict_dense(x)
+        route = np.argmax(self._predict(self.router, x), axis=1)
+        base = self._predict(self.base, x)
+        probs = np.empty_like(base)
+        for g in range(len(self.gates)):
+            idx = np.flatnonzero(route == g)
+            if idx.size == 0:
+                continue
+            spec = self._spec(g, x[idx])
+            w = self._predict(self.gates[g], np.concatenate([base[idx], spec], axis=1))
+            probs[idx] = branch_probs(w, base[idx], spec)
+        return probs

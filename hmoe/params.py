@@ -1,0 +1,274 @@
+"""Typed, validated view of params.yaml.
+
+Every stage parses params.yaml once, through :func:`load_params`, before doing any
+work. Unknown keys are rejected because ``dvc exp run -S`` silently adds misspelt
+keys (treeverse/dvc#6282): a typo must stop the run, not train with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from hmoe.data import CIFAR10_CLASSES
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str = "keras"
+    val_size: int = 5000
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class NetParams:
+    """Training recipe of one network (base, specialists, router)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    width: int = 32
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    patience: int = 5
+    augment: bool = True
+    init_from_base: bool = False
+
+
+@dataclass(frozen=True)
+class GateParams:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    hidden: int = 32
+    patience: int = 5
+
+
+@dataclass(frozen=True)
+class MixtureParams:
+    routing: str = "hard"
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Runtime settings shared by every training stage."""
+
+    precision: str = "mixed_bfloat16"
+    jit_compile: bool = False
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    experiment: str = "hmoe"
+    register: bool = True
+
+
+@dataclass(frozen=True)
+class Groups:
+    """A partition of the classes into named groups, in params.yaml order."""
+
+    names: tuple[str, ...]
+    members: tuple[tuple[str, ...], ...]
+    classes: tuple[str, ...] = CIFAR10_CLASSES
+
+    def class_ids(self, group: str) -> tuple[int, ...]:
+        """Global label ids of ``group``'s classes, in its params.yaml order."""
+        return tuple(self.classes.index(c) for c in self.members[self.index(group)])
+
+    def index(self, group: str) -> int:
+        if group not in self.names:
+            raise ParamsError(f"unknown group {group!r}; groups are {list(self.names)}")
+        return self.names.index(group)
+
+    def group_of_label(self) -> tuple[int, ...]:
+        """Group index of every global label (a lookup table, label -> group)."""
+        table = [0] * len(self.classes)
+        for g, name in enumerate(self.names):
+            for cid in self.class_ids(name):
+                table[cid] = g
+        return tuple(table)
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    data: DataParams
+    groups: Groups
+    base: NetParams
+    specialists: NetParams
+    router: NetParams
+    gates: GateParams
+    mixture: MixtureParams
+    train: TrainParams
+    mlflow: MlflowParams
+
+
+ROUTINGS = ("hard", "soft")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+_SECTIONS = {
+    "data": DataParams,
+    "base": NetParams,
+    "specialists": NetParams,
+    "router": NetParams,
+    "gates": GateParams,
+    "mixture": MixtureParams,
+    "train": TrainParams,
+    "mlflow": MlflowParams,
+}
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ParamsError naming key and fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found: run from the repository root")
+    raw = yaml.safe_load(path.read_text()) or {}
+    return parse_params(raw)
+
+
+def parse_params(raw: Mapping[str, Any]) -> Params:
+    """Validate a params mapping (the parsed YAML) into frozen objects."""
+    if not isinstance(raw, Mapping):
+        raise ParamsError("params.yaml must be a mapping of sections")
+    allowed = {"seed", "groups", *_SECTIONS}
+    _reject_unknown(raw, allowed, where="")
+    for required in ("seed", "groups"):
+        if required not in raw:
+            raise ParamsError(f"missing key `{required}` in params.yaml")
+    sections = {name: _section(raw.get(name, {}), cls, name) for name, cls in _SECTIONS.items()}
+    params = Params(seed=_int(raw["seed"], "seed"), groups=_groups(raw["groups"]), **sections)
+    _check(params)
+    return params
+
+
+def _reject_unknown(mapping: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        key = f"{where}{unknown[0]}"
+        raise ParamsError(
+            f"unknown key `{key}` in params.yaml; allowed here: {sorted(allowed)}. "
+            "Fix the spelling (dvc exp run -S adds misspelt keys silently)."
+        )
+
+
+def _section(raw: Any, cls: type, name: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"`{name}` must be a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _reject_unknown(raw, set(fields), where=f"{name}.")
+    hints = get_type_hints(cls)
+    values = {}
+    for key, field in fields.items():
+        if key in raw:
+            values[key] = _coerce(raw[key], hints[key], f"{name}.{key}")
+        elif field.default is dataclasses.MISSING:
+            raise ParamsError(f"missing key `{name}.{key}` in params.yaml")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check a YAML scalar against the field's type (bool is not an int here)."""
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ParamsError(f"`{key}` must be true or false, got {value!r}")
+    if hint is int:
+        return _int(value, key)
+    if hint == int | None:
+        return None if value is None else _int(value, key)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParamsError(f"`{key}` must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ParamsError(f"`{key}` must be a string, got {value!r}")
+    return value
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParamsError(f"`{key}` must be an integer, got {value!r}")
+    return value
+
+
+def _groups(raw: Any) -> Groups:
+    fix = "give a mapping group name -> list of class names, e.g. artificial: [airplane, ship]"
+    if not isinstance(raw, Mapping) or len(raw) < 2:
+        raise ParamsError(f"`groups` needs at least 2 groups; {fix}")
+    seen: dict[str, str] = {}
+    for name, members in raw.items():
+        if not isinstance(members, list) or not members:
+            raise ParamsError(f"`groups.{name}` must be a non-empty list of class names; {fix}")
+        for cls in members:
+            if cls not in CIFAR10_CLASSES:
+                raise ParamsError(
+                    f"`groups.{name}` names unknown class {cls!r}; "
+                    f"classes are {list(CIFAR10_CLASSES)}"
+                )
+            if cls in seen:
+                raise ParamsError(
+                    f"class {cls!r} is in both `groups.{seen[cls]}` and `groups.{name}`; "
+                    "each class must be in exactly one group"
+                )
+            seen[cls] = str(name)
+    missing = [c for c in CIFAR10_CLASSES if c not in seen]
+    if missing:
+        raise ParamsError(f"classes {missing} are in no group; add each to one of `groups`")
+    return Groups(names=tuple(str(n) for n in raw), members=tuple(tuple(m) for m in raw.values()))
+
+
+def _check(p: Params) -> None:
+    """Cross-field rules that types alone cannot express."""
+    for name in ("base", "specialists", "router", "gates"):
+        net = getattr(p, name)
+        for key in ("epochs", "batch_size"):
+            if getattr(net, key) <= 0:
+                raise ParamsError(f"`{name}.{key}` must be a positive integer")
+        if net.learning_rate <= 0:
+            raise ParamsError(f"`{name}.learning_rate` must be > 0")
+        if net.patience <= 0:
+            raise ParamsError(f"`{name}.patience` must be a positive integer")
+    for name in ("base", "specialists", "router"):
+        net: NetParams = getattr(p, name)
+        if net.width <= 0:
+            raise ParamsError(f"`{name}.width` must be a positive integer")
+        if not 0 <= net.label_smoothing < 1:
+            raise ParamsError(f"`{name}.label_smoothing` must be in [0, 1)")
+        if net.init_from_base and net.width != p.base.width:
+            raise ParamsError(
+                f"`{name}.init_from_base` copies the base's layers, so `{name}.width` "
+                f"({net.width}) must equal `base.width` ({p.base.width})"
+            )
+    if p.base.init_from_base:
+        raise ParamsError("`base.init_from_base` must be false (the base is trained first)")
+    if p.data.val_size <= 0:
+        raise ParamsError("`data.val_size` must be a positive integer")
+    if p.data.limit is not None and p.data.limit <= p.data.val_size:
+        raise ParamsError("`data.limit` must be null or larger than `data.val_size`")
+    if p.mixture.routing not in ROUTINGS:
+        raise ParamsError(f"`mixture.routing` must be one of {ROUTINGS}")
+    if p.train.precision not in PRECISIONS:
+        raise ParamsError(f"`train.precision` must be one of {PRECISIONS}")
+    if not p.mlflow.experiment:
+        raise ParamsError("`mlflow.experiment` must be a non-empty name")
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value view of a params object, for logging to MLflow."""
+    if isinstance(obj, Groups):
+        return {f"{prefix}{n}": ",".join(m) for n, m in zip(obj.names, obj.members, strict=True)}
+    if dataclasses.is_dataclass(obj):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            out.update(flatten(getattr(obj, f.name), f"{prefix}{f.name}."))
+        return out
+    return {prefix.rstrip("."): obj}

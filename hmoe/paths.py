@@ -1,0 +1,50 @@
+"""Every file the pipeline reads or writes, named once (dvc.yaml names the same).
+
+Paths are relative to the repository root, where DVC runs every stage.
+tests/unit/test_paths.py checks that dvc.yaml and this module agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+
+PREPARED = Path("data/prepared")
+TRAIN = PREPARED / "train.npz"
+VAL = PREPARED / "val.npz"
+TEST = PREPARED / "test.npz"
+
+MODELS = Path("models")
+BASE_MODEL = MODELS / "base.keras"
+ROUTER_MODEL = MODELS / "router.keras"
+SPECIALISTS = MODELS / "specialists"
+GATES = MODELS / "gates"
+
+REPORTS = Path("reports")
+DATA_REPORT = REPORTS / "data.json"
+METRICS = REPORTS / "metrics.json"
+EVAL = REPORTS / "eval"
+CONFUSION = EVAL / "confusion.csv"
+PER_CLASS = EVAL / "per_class.csv"
+
+# Resumable-training state: outside every DVC output, since DVC deletes a stage's
+# outputs before it reruns the stage.
+BACKUPS = Path(".cache/hmoe/backup")
+
+
+def specialist_model(group: str) -> Path:
+    return SPECIALISTS / f"{group}.keras"
+
+
+def gate_model(group: str) -> Path:
+    return GATES / f"{group}.keras"
+
+
+def stage_reports(stage: str) -> Path:
+    """Folder of a training stage's metrics.json and history.csv.
+
+    A foreach stage `name@item` reports under reports/name/item.
+    """
+    name, _, item = stage.partition("@")
+    return REPORTS / name / item if item else REPORTS / name
