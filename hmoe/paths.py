@@ -27,6 +27,7 @@ METRICS = REPORTS / "metrics.json"
 EVAL = REPORTS / "eval"
 CONFUSION = EVAL / "confusion.csv"
 PER_CLASS = EVAL / "per_class.csv"
+REPORT = REPORTS / "report"
 
 # Resumable-training state: outside every DVC output, since DVC deletes a stage's
 # outputs before it reruns the stage.

@@ -7,6 +7,7 @@ assembled mixture as the `hmoe-mixture` pyfunc and closes the pipeline's parent 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -18,8 +19,10 @@ import hmoe
 from hmoe import paths, runner, tracking
 from hmoe.data import load_split
 from hmoe.metrics import accuracy, confusion, per_class_accuracy, specialist_accuracy
-from hmoe.mixture import Mixture, combine, ensemble, one_hot, route_weights
+from hmoe.mixture import Mixture, Outputs, combine, ensemble, one_hot, route_weights
 from hmoe.params import Params
+from hmoe.registry import MIXTURE, apply_champion_rule, versions_for_outputs
+from hmoe.report import read_histories, write_report
 
 logger = logging.getLogger("hmoe.evaluate")
 STAGE = "evaluate"
@@ -38,11 +41,9 @@ def load_mixture(params: Params) -> Mixture:
     )
 
 
-def score(mix: Mixture, x: np.ndarray, y: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+def score(mix: Mixture, out: Outputs, weights: list[np.ndarray], y: np.ndarray):
     """All test metrics, plus the base's and the mixture's predicted labels."""
     groups = mix.groups
-    out = mix.outputs(x)
-    weights = mix.gate_weights(out)
     true_group = np.asarray(groups.group_of_label())[y]
     n_groups = len(groups.names)
     probs = {
@@ -109,7 +110,9 @@ def main() -> None:
         _,
         parent,
     ):
-        metrics, base_pred, mix_pred = score(mix, x, y)
+        out = mix.outputs(x)
+        weights = mix.gate_weights(out)
+        metrics, base_pred, mix_pred = score(mix, out, weights, y)
         metrics |= time_inference(mix, x)
         write_plots(y, base_pred, mix_pred, classes)
         cm = confusion(y, mix_pred, len(classes))
@@ -117,8 +120,26 @@ def main() -> None:
         tracking.mlflow.log_metrics(metrics)
         tracking.mlflow.log_dict({"classes": classes, "matrix": cm.tolist()}, "confusion.json")
         tracking.mlflow.log_artifact(str(paths.PER_CLASS))
+        report_files = write_report(
+            paths.REPORT,
+            metrics=metrics,
+            y=y,
+            base_pred=base_pred,
+            mix_pred=mix_pred,
+            router_probs=out.router,
+            gate_ws=weights,
+            classes=classes,
+            group_names=params.groups.names,
+            histories=read_histories(paths.REPORTS),
+        )
         if params.mlflow.register:
-            register_mixture(params, x[:2])
+            version = register_mixture(params, x[:2])
+            val = json.loads((paths.stage_reports("train_gates") / "metrics.json").read_text())
+            decision = apply_champion_rule(version, float(val["val_accuracy"]))
+            tracking.mlflow.log_dict(dataclasses.asdict(decision), "champion_rule.json")
+    link_lineage(parent, params)
+    for f in report_files:
+        tracking.MlflowClient().log_artifact(parent, str(f), "report")
     tracking.finish_parent(parent, metrics)
     logger.info(
         "test accuracy: mixture %.4f, base %.4f, ensemble %.4f, router %.4f",
@@ -129,7 +150,28 @@ def main() -> None:
     )
 
 
-def register_mixture(params: Params, example: np.ndarray) -> None:
+def model_outputs(params: Params) -> dict[str, Path]:
+    """Registered name -> the DVC output file it was logged from."""
+    names = params.groups.names
+    return {
+        "hmoe-base": paths.BASE_MODEL,
+        "hmoe-router": paths.ROUTER_MODEL,
+        **{f"hmoe-specialist-{g}": paths.specialist_model(g) for g in names},
+        **{f"hmoe-gate-{g}": paths.gate_model(g) for g in names},
+    }
+
+
+def link_lineage(parent: str, params: Params) -> None:
+    """Tag the pipeline run with the model versions (and runs) behind every output,
+    so a pipeline whose stages DVC skipped still shows where each network came from.
+    """
+    client = tracking.MlflowClient()
+    for name, (version, run_id) in versions_for_outputs(model_outputs(params)).items():
+        client.set_tag(parent, f"model_version.{name}", version)
+        client.set_tag(parent, f"source_run.{name}", run_id)
+
+
+def register_mixture(params: Params, example: np.ndarray) -> str:
     """Log and register the assembled mixture as a pyfunc (`hmoe-mixture`)."""
     from mlflow.models import infer_signature
 
@@ -146,12 +188,6 @@ def register_mixture(params: Params, example: np.ndarray) -> None:
             }
         )
     )
-    outs = {
-        "base": paths.BASE_MODEL,
-        "router": paths.ROUTER_MODEL,
-        **{f"specialist-{g}": paths.specialist_model(g) for g in names},
-        **{f"gate-{g}": paths.gate_model(g) for g in names},
-    }
     arts = artifact_map(
         paths.BASE_MODEL,
         paths.ROUTER_MODEL,
@@ -167,17 +203,17 @@ def register_mixture(params: Params, example: np.ndarray) -> None:
         artifacts=arts,
         code_paths=[str(Path(hmoe.__file__).parent)],
         signature=signature,
-        registered_model_name="hmoe-mixture",
+        input_example=example,
+        registered_model_name=MIXTURE,
     )
     version = str(info.registered_model_version)
     client = tracking.MlflowClient()
-    for key, path in outs.items():
-        client.set_model_version_tag(
-            "hmoe-mixture", version, f"dvc_md5_{key}", tracking.file_md5(path)
-        )
+    for name, path in model_outputs(params).items():
+        client.set_model_version_tag(MIXTURE, version, f"dvc_md5.{name}", tracking.file_md5(path))
     for k, v in tracking.common_tags().items():
-        client.set_model_version_tag("hmoe-mixture", version, k, v)
-    logger.info("registered hmoe-mixture version %s", version)
+        client.set_model_version_tag(MIXTURE, version, k, v)
+    logger.info("registered %s version %s", MIXTURE, version)
+    return version
 
 
 if __name__ == "__main__":

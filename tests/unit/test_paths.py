@@ -1,0 +1,52 @@
+"""dvc.yaml and hmoe/paths.py name the same files; declared params exist."""
+
+from pathlib import Path
+
+import yaml
+
+from hmoe import paths
+from hmoe.params import flatten, load_params
+from tests.conftest import ROOT
+
+
+def _stages():
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _outs(stage):
+    spec = stage.get("do", stage)
+    return [next(iter(o)) if isinstance(o, dict) else o for o in spec.get("outs", [])]
+
+
+def test_outputs_match_paths_module():
+    s = _stages()
+    assert _outs(s["prepare"]) == [str(paths.TRAIN), str(paths.VAL), str(paths.TEST)]
+    assert _outs(s["train_base"]) == [str(paths.BASE_MODEL)]
+    assert _outs(s["train_router"]) == [str(paths.ROUTER_MODEL)]
+    assert _outs(s["train_specialist"]) == [str(paths.specialist_model("${key}"))]
+    assert _outs(s["train_gates"]) == [str(paths.GATES)]
+    assert str(paths.METRICS) in str(s["evaluate"]["metrics"])
+    assert str(paths.CONFUSION) in str(s["evaluate"]["plots"])
+    assert str(paths.stage_reports("train_specialist@${key}") / "metrics.json") in str(
+        s["train_specialist"]["do"]["metrics"]
+    )
+
+
+def test_only_evaluate_reads_the_test_split():
+    for name, stage in _stages().items():
+        deps = stage.get("do", stage).get("deps", [])
+        assert (str(paths.TEST) in deps) == (name == "evaluate"), name
+
+
+def test_declared_params_exist():
+    flat = flatten(load_params(ROOT / "params.yaml"))
+    for name, stage in _stages().items():
+        for key in stage.get("do", stage).get("params", []):
+            assert any(k == key or k.startswith(f"{key}.") for k in flat), (name, key)
+
+
+def test_stage_modules_exist():
+    for stage in _stages().values():
+        cmd = stage.get("do", stage)["cmd"]
+        module = cmd.split()[2]
+        assert (ROOT / Path(*module.split("."))).with_suffix(".py").is_file(), cmd

@@ -1,0 +1,41 @@
+"""The champion rule, on a real MLflow registry (SQLite in a temp dir)."""
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hmoe import registry
+
+
+def test_decide_promotes_only_strict_improvements():
+    assert registry.decide(0.8, None, None).promote
+    assert registry.decide(0.81, 0.80, "3").promote
+    tie = registry.decide(0.80, 0.80, "3")
+    assert not tie.promote and "v3" in tie.reason
+    assert not registry.decide(0.79, 0.80, "3").promote
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    c = MlflowClient()
+    c.create_registered_model(registry.MIXTURE)
+    return c
+
+
+def _new_version(client, tmp_path) -> str:
+    return client.create_model_version(registry.MIXTURE, source=str(tmp_path)).version
+
+
+def test_champion_alias_follows_val_accuracy(client, tmp_path):
+    v1 = _new_version(client, tmp_path)
+    assert registry.apply_champion_rule(v1, 0.80).promote
+    v2 = _new_version(client, tmp_path)
+    assert not registry.apply_champion_rule(v2, 0.79).promote
+    assert "challenger" in client.get_model_version(registry.MIXTURE, v2).tags
+    assert client.get_model_version_by_alias(registry.MIXTURE, "champion").version == v1
+    v3 = _new_version(client, tmp_path)
+    d = registry.apply_champion_rule(v3, 0.85)
+    assert d.promote and d.champion_version == v1 and d.champion_val == pytest.approx(0.80)
+    assert client.get_model_version_by_alias(registry.MIXTURE, "champion").version == v3
