@@ -49,7 +49,8 @@ def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> str:
 
 def _tracked_files() -> list[str]:
     out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
-    files = [f for f in out.stdout.splitlines() if f and not f.startswith(("tests/", ".ci/"))]
+    skip = ("tests/", ".ci/", ".dvc/", "bench/", "profiles/", "scripts/")
+    files = [f for f in out.stdout.splitlines() if f and not f.startswith(skip)]
     return [f for f in files if f != "dvc.lock" and not f.startswith("reports/")]
 
 
