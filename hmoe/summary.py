@@ -39,11 +39,11 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _records(node: Any) -> Iterator[dict[str, Any]]:
+def _records(node: Any, is_exp: bool = False) -> Iterator[dict[str, Any]]:
     """Every revision (workspace, baselines, experiments) in dvc exp show's JSON."""
     if isinstance(node, list):
         for item in node:
-            yield from _records(item)
+            yield from _records(item, is_exp)
     elif isinstance(node, Mapping):
         data = node.get("data")
         if isinstance(data, Mapping) and "metrics" in data:
@@ -53,20 +53,22 @@ def _records(node: Any) -> Iterator[dict[str, Any]]:
                 yield {
                     "name": node.get("name") or node.get("rev"),
                     "rev": node.get("rev"),
+                    "is_experiment": is_exp,
                     **_flat(params),
                     **metrics,
                 }
         for key in ("experiments", "revs"):
             if node.get(key):
-                yield from _records(node[key])
+                yield from _records(node[key], is_exp or key == "experiments")
 
 
 def frame(show_json: Any) -> pd.DataFrame:
-    """One row per distinct experiment result (the workspace duplicates one)."""
+    """One row per DVC experiment; baselines count only when there is no experiment."""
     df = pd.DataFrame(list(_records(show_json)))
     if df.empty:
         return df
-    return df[df["rev"] != "workspace"].drop_duplicates(subset=["rev"])
+    df = df[df["rev"] != "workspace"].drop_duplicates(subset=["rev"])
+    return df[df["is_experiment"]] if df["is_experiment"].any() else df
 
 
 def summarise(df: pd.DataFrame, metrics: Sequence[str], by: str | None = None) -> pd.DataFrame:

@@ -28,19 +28,20 @@ SHOW = [
 ]
 
 
-def test_frame_collects_every_experiment_once():
+def test_frame_collects_every_experiment_once_without_baselines():
     df = frame(SHOW)
-    assert sorted(df["rev"]) == ["abc", "e1", "e2"]
+    assert sorted(df["rev"]) == ["e1", "e2"]
     assert set(df["mixture.routing"]) == {"hard", "soft"}
+    assert sorted(frame(SHOW[:1] + [{**SHOW[1], "experiments": None}])["rev"]) == ["abc"]
 
 
 def test_summary_mean_and_spread():
     s = summarise(frame(SHOW), ["mixture_accuracy", "base_accuracy"])
-    assert s.loc["mixture_accuracy", "mean"] == pytest.approx(0.82)
-    assert s.loc["mixture_accuracy", "std"] == pytest.approx(0.02)
-    assert s.loc["base_accuracy", "count"] == 3
+    assert s.loc["mixture_accuracy", "mean"] == pytest.approx(0.83)
+    assert s.loc["mixture_accuracy", "std"] == pytest.approx(0.02**0.5 / 10)
+    assert s.loc["base_accuracy", "count"] == 2
     by = summarise(frame(SHOW), ["mixture_accuracy"], by="mixture.routing")
-    assert by.loc["hard", ("mixture_accuracy", "mean")] == pytest.approx(0.81)
+    assert by.loc["hard", ("mixture_accuracy", "mean")] == pytest.approx(0.82)
 
 
 def test_unknown_metric_or_param_is_a_clear_error():
