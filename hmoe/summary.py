@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from hmoe.profile import dotted
+
 METRICS_FILE = "reports/metrics.json"
 DEFAULT_METRICS = (
     "mixture_accuracy",
@@ -27,16 +29,6 @@ DEFAULT_METRICS = (
     "lift_over_base",
     "lift_over_ensemble",
 )
-
-
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _records(node: Any, is_exp: bool = False) -> Iterator[dict[str, Any]]:
@@ -54,7 +46,7 @@ def _records(node: Any, is_exp: bool = False) -> Iterator[dict[str, Any]]:
                     "name": node.get("name") or node.get("rev"),
                     "rev": node.get("rev"),
                     "is_experiment": is_exp,
-                    **_flat(params),
+                    **dotted(params),
                     **metrics,
                 }
         for key in ("experiments", "revs"):
