@@ -1,16 +1,16 @@
-"""Print the CPU figures of the last pipeline run in this repository, and measure two more.
+"""Print the CPU figures of pipeline runs in this repository, and measure precision.
 
-Run from the repository root after `dvc repro` on the real data:
+Run from the repository root after `dvc repro` / `dvc exp run` on the real data:
 
-    python bench/cpu_figures.py [--overhead-images 4000]
+    python bench/cpu_figures.py [--precision-images 2048] [--skip-precision]
 
-1. reads reports/ (written by the run) and the MLflow store: end-to-end wall time
-   (first stage start to last stage end of the newest finished pipeline run),
-   per-stage time and training images/s, test accuracies, routed-vs-dense inference;
-2. times a no-op `dvc repro` (nothing changed: every stage skipped);
-3. measures tracking overhead: one epoch of the base network with the stage's
-   callbacks (MLflow per-epoch logging, CSV history, BackupAndRestore) against a
-   plain `model.fit`, side by side on the same images, same process.
+1. names the CPU (model and the flags that decide bfloat16: avx512_bf16, amx_bf16);
+2. reads reports/ of the workspace run: per-stage fit time and training images/s;
+3. reads the MLflow store: end-to-end wall time (first stage start to last stage end)
+   of every finished pipeline run, and test accuracies of each, with mean and std
+   across runs (e.g. a seed sweep);
+4. times one training epoch of the default base network in float32 and in
+   mixed_bfloat16 on random images (the measurement behind `train.precision: auto`).
 
 One line per figure, prefixed with the machine. Do not run it beside other heavy jobs.
 """
@@ -21,17 +21,32 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-MACHINE = f"{platform.node()} {os.cpu_count()} cpu {platform.processor() or platform.machine()}"
+TEST_KEYS = ("mixture_accuracy", "base_accuracy", "router_accuracy", "lift_over_base")
+
+
+def cpu_name() -> str:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), ""
+    )
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []
+    )
+    wanted = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return f"{model or platform.processor()} x{os.cpu_count()} [{' '.join(wanted) or 'no avx512'}]"
+
+
+MACHINE = cpu_name()
 
 
 def say(what: str, value: str) -> None:
-    print(f"[{MACHINE}] {what}: {value}", flush=True)  # noqa: T201
+    print(f"[{MACHINE}] {what}: {value}", flush=True)
 
 
 def stage_figures() -> None:
@@ -42,14 +57,9 @@ def stage_figures() -> None:
         ips = m.get("train_images_per_s")
         extra = f", {ips:.0f} train img/s" if ips else ""
         say(f"stage {stage}", f"fit {m['fit_s']:.0f} s{extra}, val acc {m['val_accuracy']:.4f}")
-    m = json.loads((reports / "metrics.json").read_text())
-    for key in sorted(k for k in m if k.endswith("accuracy") or k.startswith("lift")):
-        say(f"test {key}", f"{m[key]:.4f}")
-    routed, dense = m["inference_routed_images_per_s"], m["inference_dense_images_per_s"]
-    say("inference routed / dense img/s", f"{routed:.0f} / {dense:.0f} = {routed / dense:.2f}x")
 
 
-def end_to_end() -> None:
+def pipeline_runs() -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -57,93 +67,79 @@ def end_to_end() -> None:
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
     client = MlflowClient()
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string=f"tags.{tracking.ROLE_TAG} = 'stage'",
-        max_results=1000,
-    )
-    by_parent: dict[str, list] = {}
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exp_ids, max_results=5000)
+    parents = {
+        r.info.run_id: r
+        for r in runs
+        if r.data.tags.get(tracking.ROLE_TAG) == "pipeline" and r.info.status == "FINISHED"
+    }
+    children: dict[str, list] = {}
     for r in runs:
-        by_parent.setdefault(r.data.tags.get("mlflow.parentRunId", ""), []).append(r)
-    full = [
-        rs for rs in by_parent.values() if {"prepare", "evaluate"} <= {r.info.run_name for r in rs}
-    ]
-    if not full:
-        say("end-to-end", "no pipeline run with every stage in the store")
-        return
-    newest = max(full, key=lambda rs: max(r.info.end_time or 0 for r in rs))
-    start = min(r.info.start_time for r in newest)
-    end = max(r.info.end_time or 0 for r in newest)
-    say("end-to-end pipeline wall (MLflow stage runs)", f"{(end - start) / 60000:.1f} min")
+        children.setdefault(r.data.tags.get("mlflow.parentRunId", ""), []).append(r)
+    rows = []
+    for run_id, parent in sorted(parents.items(), key=lambda kv: kv[1].info.start_time):
+        stages = children.get(run_id, [])
+        if {"prepare", "evaluate"} - {r.info.run_name for r in stages}:
+            continue  # DVC skipped stages: no end-to-end time for this one
+        wall = (max(r.info.end_time for r in stages) - min(r.info.start_time for r in stages)) / 1e3
+        m = parent.data.metrics
+        rows.append([m.get(k, float("nan")) for k in TEST_KEYS])
+        prec = next(
+            (
+                r.data.params.get("precision_used")
+                for r in stages
+                if r.info.run_name == "train_base"
+            ),
+            "?",
+        )
+        figures = ", ".join(f"{k} {m.get(k, float('nan')):.4f}" for k in TEST_KEYS)
+        say(f"run {parent.info.run_name}", f"end-to-end {wall / 60:.1f} min, {prec}; {figures}")
+    if len(rows) > 1:
+        arr = np.asarray(rows)
+        for k, col in zip(TEST_KEYS, arr.T, strict=True):
+            say(f"{k} over {len(rows)} runs", f"mean {col.mean():.4f}, std {col.std(ddof=1):.4f}")
 
 
-def noop_repro() -> None:
-    start = time.perf_counter()
-    out = subprocess.run(["dvc", "repro"], capture_output=True, text=True)
-    dt = time.perf_counter() - start
-    reran = "Running stage" in out.stdout
-    say("no-op dvc repro", f"{dt:.1f} s ({'RERAN STAGES' if reran else 'nothing rerun'})")
-
-
-def tracking_overhead(n_images: int) -> None:
+def precision_speed(n_images: int) -> None:
     import keras
-    import mlflow
-    import numpy as np
 
-    from hmoe import paths, tracking
-    from hmoe.data import load_split
     from hmoe.nets import build_classifier
     from hmoe.params import load_params
+    from hmoe.startup import resolve_precision
     from hmoe.train import fit_classifier
 
     p = load_params()
-    keras.mixed_precision.set_global_policy(p.train.precision)
-    x, y = load_split(paths.TRAIN)
-    xv, yv = load_split(paths.VAL)
-    x, y, xv, yv = x[:n_images], y[:n_images], xv[:500], yv[:500]
-    cfg = p.base.__class__(**{**p.base.__dict__, "epochs": 1})
-    results: dict[str, list[float]] = {"plain": [], "tracked": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
-        mlflow.set_experiment("overhead")
-        for rep in range(2):
-            for mode in ("plain", "tracked") if rep % 2 == 0 else ("tracked", "plain"):
-                keras.utils.set_random_seed(p.seed)
-                model = build_classifier(10, width=p.base.width, seed=p.seed)
-                callbacks = []
-                if mode == "tracked":
-                    mlflow.start_run()
-                    callbacks = [
-                        tracking.EpochLogger(),
-                        keras.callbacks.CSVLogger(f"{tmp}/h.csv"),
-                        keras.callbacks.BackupAndRestore(f"{tmp}/b{rep}"),
-                    ]
-                fit_classifier(model, (x, y), (xv, yv), cfg, callbacks=callbacks, verbose=0)
-                # second epoch timed: the first includes graph tracing
-                start = time.perf_counter()
-                model.fit(
-                    x,
-                    keras.utils.to_categorical(y, 10),
-                    batch_size=cfg.batch_size,
-                    epochs=1,
-                    verbose=0,
-                    callbacks=callbacks,
-                )
-                results[mode].append(len(x) / (time.perf_counter() - start))
-                if mode == "tracked":
-                    mlflow.end_run()
-    plain, tracked = np.median(results["plain"]), np.median(results["tracked"])
-    say("training img/s plain / tracked", f"{plain:.0f} / {tracked:.0f} = {tracked / plain:.3f}")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n_images, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, n_images)
+    cfg = p.base.__class__(**{**p.base.__dict__, "epochs": 2, "lookahead": False})
+    for policy in ("float32", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(policy)
+        model = build_classifier(10, p.net, translate=p.base.translate)
+        start = time.perf_counter()
+        fit_classifier(model, (x, y), (x[:256], y[:256]), cfg, verbose=0)
+        first = time.perf_counter() - start  # includes tracing; the second epoch is the rate
+        start = time.perf_counter()
+        model.fit(x, keras.utils.to_categorical(y, 10), batch_size=cfg.batch_size, verbose=0)
+        say(
+            f"training img/s {policy} (width {p.net.width})",
+            f"{n_images / (time.perf_counter() - start):.0f} (first fit {first:.0f} s)",
+        )
+    keras.mixed_precision.set_global_policy("float32")
+    policy, why = resolve_precision("auto")
+    say("train.precision auto resolves to", f"{policy} ({why})")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--overhead-images", type=int, default=4000)
+    ap.add_argument("--precision-images", type=int, default=2048)
+    ap.add_argument("--skip-precision", action="store_true")
     args = ap.parse_args()
     stage_figures()
-    end_to_end()
-    noop_repro()
-    tracking_overhead(args.overhead_images)
+    pipeline_runs()
+    if not args.skip_precision:
+        precision_speed(args.precision_images)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Evaluation arithmetic on predicted distributions (pure numpy)."""
+"""Evaluation arithmetic on predicted distributions (numpy and scikit-learn)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn.metrics import confusion_matrix, recall_score
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
@@ -15,15 +16,14 @@ def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
     """(n, n) counts, rows = true class, columns = predicted class."""
-    out = np.zeros((n, n), dtype=np.int64)
-    np.add.at(out, (y_true, y_pred), 1)
-    return out
+    return confusion_matrix(y_true, y_pred, labels=np.arange(n))
 
 
 def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
-    cm = confusion(y_true, y_pred, n)
-    totals = cm.sum(axis=1)
-    return np.divide(np.diag(cm), totals, out=np.full(n, np.nan), where=totals > 0)
+    """Recall of each class (NaN for a class absent from ``y_true``)."""
+    return recall_score(
+        y_true, y_pred, labels=np.arange(n), average=None, zero_division=np.nan
+    ).astype(float)
 
 
 def specialist_accuracy(

@@ -19,6 +19,27 @@ from hmoe.params import ROUTINGS, Groups
 logger = logging.getLogger(__name__)
 
 
+def tta_views(x: np.ndarray, level: int) -> list[tuple[float, np.ndarray]]:
+    """(weight, images) views whose weighted mean prediction is the TTA prediction.
+
+    Level 0: the image. Level 1: the image and its mirror. Level 2 (airbench): half on
+    level 1, half on level 1 of the image shifted one pixel up-left and down-right
+    (reflect padding). Weights sum to 1, so averaged distributions stay distributions.
+    """
+    if level not in (0, 1, 2):
+        raise ValueError(f"TTA level must be 0, 1 or 2, got {level}")
+    if level == 0:
+        return [(1.0, x)]
+    views = [(0.5, x), (0.5, x[:, :, ::-1])]
+    if level == 1:
+        return views
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    shifted = [padded[:, :-2, :-2], padded[:, 2:, 2:]]
+    return [(w / 2, v) for w, v in views] + [
+        (0.125, v) for s in shifted for v in (s, s[:, :, ::-1])
+    ]
+
+
 def embed(spec_probs: np.ndarray, class_ids: Sequence[int], n_classes: int) -> np.ndarray:
     """Place a specialist's (N, k) distribution into (N, n_classes), zeros elsewhere."""
     out = np.zeros((spec_probs.shape[0], n_classes), dtype=np.float32)
@@ -91,6 +112,7 @@ class Mixture:
         gates: Mapping[str, object],
         groups: Groups,
         routing: str = "hard",
+        tta: int = 0,
         batch_size: int = 512,
     ) -> None:
         if routing not in ROUTINGS:
@@ -104,12 +126,19 @@ class Mixture:
         # Gates may be absent while they are being trained (outputs() needs none).
         self.gates = [gates[g] for g in groups.names] if gates else []
         self.batch_size = batch_size
+        self.tta = tta
         self.n_classes = len(groups.classes)
 
     def _predict(self, model, x: np.ndarray) -> np.ndarray:
+        """A network's distribution, averaged over the TTA views of images (gates: none)."""
         if len(x) == 0:
             return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
-        return np.asarray(model.predict(x, batch_size=self.batch_size, verbose=0))
+        if x.ndim != 4:
+            return np.asarray(model.predict(x, batch_size=self.batch_size, verbose=0))
+        return sum(
+            w * np.asarray(model.predict(v, batch_size=self.batch_size, verbose=0))
+            for w, v in tta_views(x, self.tta)
+        )
 
     def _spec(self, g: int, x: np.ndarray) -> np.ndarray:
         ids = self.groups.class_ids(self.groups.names[g])
@@ -134,6 +163,8 @@ class Mixture:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Mixture probabilities; hard routing runs each branch on its share only."""
+        if not self.gates:
+            raise ValueError("this Mixture has no gates: train them (`dvc repro train_gates`)")
         if self.routing == "soft":
             return self.predict_dense(x)
         route = np.argmax(self._predict(self.router, x), axis=1)

@@ -15,7 +15,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from hmoe.data import CIFAR10_CLASSES
+from hmoe.data.constants import CIFAR10_CLASSES
 
 
 class ParamsError(ValueError):
@@ -24,9 +24,23 @@ class ParamsError(ValueError):
 
 @dataclass(frozen=True)
 class DataParams:
-    source: str = "keras"
-    val_size: int = 5000
-    limit: int | None = None
+    source: str
+    val_size: int  # held out for early stopping and selection: fits nothing
+    gate_size: int  # held out from the experts and router: fits the gates
+    limit: int | None
+    split_seed: int  # apart from `seed`, so a seed sweep keeps the same splits
+
+
+@dataclass(frozen=True)
+class NetArch:
+    """Architecture shared by base, specialists and router (so trunks can be copied)."""
+
+    width: int  # channels of the first conv group; the others have 2 x width
+    whiten: bool  # frozen 2x2 patch-whitening first layer (else a trained 2x2 conv)
+    dirac: bool  # identity-initialised convolutions
+    bn_bias_lr: float  # learning-rate multiplier of the BatchNorm biases
+    bn_momentum: float  # Keras convention: weight of the old moving statistics
+    logit_scale: float  # logits are multiplied by this before the softmax
 
 
 @dataclass(frozen=True)
@@ -35,13 +49,18 @@ class NetParams:
 
     epochs: int
     batch_size: int
-    learning_rate: float
-    width: int = 32
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    patience: int = 5
-    augment: bool = True
-    init_from_base: bool = False
+    optimizer: str  # sgd (Nesterov) or adamw
+    schedule: str  # triangle or cosine
+    learning_rate: float  # peak, for the mean loss over a batch
+    momentum: float  # sgd only
+    weight_decay: float  # decoupled: each step multiplies weights by 1 - lr * weight_decay
+    label_smoothing: float
+    patience: int
+    augment: bool  # random flip + translation
+    translate: int  # pixels of random translation (reflect padding)
+    lookahead: bool  # airbench's lookahead weight averaging
+    init_from_base: bool
+    freeze_trunk: bool  # train only the head (needs init_from_base)
 
 
 @dataclass(frozen=True)
@@ -49,27 +68,30 @@ class GateParams:
     epochs: int
     batch_size: int
     learning_rate: float
-    hidden: int = 32
-    patience: int = 5
+    hidden: int
+    patience: int
 
 
 @dataclass(frozen=True)
 class MixtureParams:
-    routing: str = "hard"
+    routing: str
+    tta: int  # test-time views: 0 none, 1 + mirror, 2 + mirror and 1-pixel shifts
 
 
 @dataclass(frozen=True)
 class TrainParams:
     """Runtime settings shared by every training stage."""
 
-    precision: str = "mixed_bfloat16"
-    jit_compile: bool = False
+    precision: str
+    jit_compile: bool
 
 
 @dataclass(frozen=True)
 class MlflowParams:
-    experiment: str = "hmoe"
-    register: bool = True
+    """Tracking settings: not inputs of any model, so no stage lists them in dvc.yaml."""
+
+    experiment: str
+    register: bool
 
 
 @dataclass(frozen=True)
@@ -103,6 +125,7 @@ class Params:
     seed: int
     data: DataParams
     groups: Groups
+    net: NetArch
     base: NetParams
     specialists: NetParams
     router: NetParams
@@ -113,9 +136,13 @@ class Params:
 
 
 ROUTINGS = ("hard", "soft")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("triangle", "cosine")
+TTA_LEVELS = (0, 1, 2)
 _SECTIONS = {
     "data": DataParams,
+    "net": NetArch,
     "base": NetParams,
     "specialists": NetParams,
     "router": NetParams,
@@ -230,36 +257,60 @@ def _check(p: Params) -> None:
     """Cross-field rules that types alone cannot express."""
     for name in ("base", "specialists", "router", "gates"):
         net = getattr(p, name)
-        for key in ("epochs", "batch_size"):
+        for key in ("epochs", "batch_size", "patience"):
             if getattr(net, key) <= 0:
                 raise ParamsError(f"`{name}.{key}` must be a positive integer")
         if net.learning_rate <= 0:
             raise ParamsError(f"`{name}.learning_rate` must be > 0")
-        if net.patience <= 0:
-            raise ParamsError(f"`{name}.patience` must be a positive integer")
     for name in ("base", "specialists", "router"):
-        net: NetParams = getattr(p, name)
-        if net.width <= 0:
-            raise ParamsError(f"`{name}.width` must be a positive integer")
-        if not 0 <= net.label_smoothing < 1:
-            raise ParamsError(f"`{name}.label_smoothing` must be in [0, 1)")
-        if net.init_from_base and net.width != p.base.width:
-            raise ParamsError(
-                f"`{name}.init_from_base` copies the base's layers, so `{name}.width` "
-                f"({net.width}) must equal `base.width` ({p.base.width})"
-            )
+        _check_recipe(name, getattr(p, name))
     if p.base.init_from_base:
         raise ParamsError("`base.init_from_base` must be false (the base is trained first)")
-    if p.data.val_size <= 0:
-        raise ParamsError("`data.val_size` must be a positive integer")
-    if p.data.limit is not None and p.data.limit <= p.data.val_size:
-        raise ParamsError("`data.limit` must be null or larger than `data.val_size`")
-    if p.mixture.routing not in ROUTINGS:
-        raise ParamsError(f"`mixture.routing` must be one of {ROUTINGS}")
-    if p.train.precision not in PRECISIONS:
-        raise ParamsError(f"`train.precision` must be one of {PRECISIONS}")
+    _check_arch(p.net)
+    for key in ("val_size", "gate_size"):
+        if getattr(p.data, key) <= 0:
+            raise ParamsError(f"`data.{key}` must be a positive integer")
+    held_out = p.data.val_size + p.data.gate_size
+    if p.data.limit is not None and p.data.limit <= held_out:
+        raise ParamsError(
+            f"`data.limit` must be null or larger than `data.val_size` + `data.gate_size` "
+            f"({held_out})"
+        )
+    _one_of(p.mixture.routing, ROUTINGS, "mixture.routing")
+    _one_of(p.mixture.tta, TTA_LEVELS, "mixture.tta")
+    _one_of(p.train.precision, PRECISIONS, "train.precision")
     if not p.mlflow.experiment:
         raise ParamsError("`mlflow.experiment` must be a non-empty name")
+
+
+def _check_arch(arch: NetArch) -> None:
+    if arch.width <= 0:
+        raise ParamsError("`net.width` must be a positive integer")
+    if arch.bn_bias_lr <= 0 or arch.logit_scale <= 0:
+        raise ParamsError("`net.bn_bias_lr` and `net.logit_scale` must be > 0")
+    if not 0 <= arch.bn_momentum < 1:
+        raise ParamsError("`net.bn_momentum` must be in [0, 1)")
+
+
+def _check_recipe(name: str, net: NetParams) -> None:
+    _one_of(net.optimizer, OPTIMIZERS, f"{name}.optimizer")
+    _one_of(net.schedule, SCHEDULES, f"{name}.schedule")
+    if not 0 <= net.label_smoothing < 1:
+        raise ParamsError(f"`{name}.label_smoothing` must be in [0, 1)")
+    if not 0 <= net.momentum < 1:
+        raise ParamsError(f"`{name}.momentum` must be in [0, 1)")
+    if net.weight_decay < 0 or net.translate < 0:
+        raise ParamsError(f"`{name}.weight_decay` and `{name}.translate` must be >= 0")
+    if net.freeze_trunk and not net.init_from_base:
+        raise ParamsError(
+            f"`{name}.freeze_trunk` trains only a head on the base's features, so it needs "
+            f"`{name}.init_from_base: true`"
+        )
+
+
+def _one_of(value: Any, allowed: tuple, key: str) -> None:
+    if value not in allowed:
+        raise ParamsError(f"`{key}` must be one of {list(allowed)}, got {value!r}")
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -14,6 +14,7 @@ PREPARED = Path("data/prepared")
 TRAIN = PREPARED / "train.npz"
 VAL = PREPARED / "val.npz"
 TEST = PREPARED / "test.npz"
+GATE = PREPARED / "gate.npz"
 
 MODELS = Path("models")
 BASE_MODEL = MODELS / "base.keras"

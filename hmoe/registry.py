@@ -14,11 +14,11 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from hmoe.modelset import MIXTURE
 from hmoe.tracking import file_md5
 
 logger = logging.getLogger(__name__)
 
-MIXTURE = "hmoe-mixture"
 CHAMPION = "champion"
 VAL_TAG = "val_accuracy"
 

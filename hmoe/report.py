@@ -14,11 +14,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from hmoe.metrics import confusion, per_class_accuracy  # noqa: E402
+from hmoe.metrics import confusion, per_class_accuracy
 
 logger = logging.getLogger(__name__)
 

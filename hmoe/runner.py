@@ -1,85 +1,80 @@
 """Stage edges shared by the training stages: start-up, I/O, tracking.
 
-The compute lives in :mod:`hmoe.nets`, :mod:`hmoe.train` and :mod:`hmoe.mixture`;
-this module reads and writes files and talks to MLflow around it.
+The compute lives in :mod:`hmoe.nodes`; this module reads and writes files and
+talks to MLflow around it. Two job kinds: :class:`ClassifierJob` (base,
+specialists, router) and :class:`GateJob` (the gates on frozen outputs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
-import yaml
 
-from hmoe import paths, tracking
-from hmoe.params import NetParams, Params, ParamsError, flatten, load_params
-from hmoe.train import fit_classifier
+from hmoe import modelset, nodes, paths, tracking
+from hmoe.data.storage import atomic_write, write_json
+from hmoe.mixture import Outputs
+from hmoe.params import NetParams, Params
+from hmoe.startup import data_digest, init, stage_params
 
 logger = logging.getLogger("hmoe")
-
-
-def init(stage: str) -> Params:
-    """Logging, params (validated before any work), seed and float policy."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        params = load_params(paths.PARAMS)
-    except ParamsError as err:
-        logger.error("%s: %s", stage, err)
-        sys.exit(2)
-    keras.utils.set_random_seed(params.seed)
-    keras.mixed_precision.set_global_policy(params.train.precision)
-    logger.info("stage %s: params ok, precision %s", stage, params.train.precision)
-    return params
-
-
-def stage_params(stage: str, params: Params) -> dict[str, Any]:
-    """The params this stage declares in dvc.yaml, with their values (for MLflow)."""
-    spec = yaml.safe_load(Path("dvc.yaml").read_text())["stages"][stage]
-    declared = spec.get("do", spec).get("params", [])
-    flat = flatten(params)
-    return {k: v for k, v in flat.items() if any(k == d or k.startswith(f"{d}.") for d in declared)}
-
-
-def data_digest() -> str | None:
-    if paths.DATA_REPORT.is_file():
-        return json.loads(paths.DATA_REPORT.read_text()).get("digest")
-    return None
-
-
-def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    """Atomic JSON write, so a crash never leaves a half-written metrics file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+__all__ = ["ClassifierJob", "GateJob", "init", "run_classifier_job", "run_gate_job"]
 
 
 def save_model(model: keras.Model, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    """Atomic ``.keras`` save: a crash never leaves a truncated model for DVC to cache."""
+    atomic_write(path, model.save)
 
 
-def load_model(path: Path) -> keras.Model:
-    import hmoe.nets  # noqa: F401  registers custom layers
+@contextlib.contextmanager
+def tracked_stage(
+    stage: str, params: Params, splits: Mapping[str, Path] = ()
+) -> Iterator[tuple[Path, str]]:
+    """The stage's MLflow child run with its params, precision and input datasets.
 
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `dvc repro` to build it")
-    return keras.saving.load_model(path, safe_mode=True)
+    Yields (reports folder, parent run id).
+    """
+    reports = paths.stage_reports(stage)
+    reports.mkdir(parents=True, exist_ok=True)
+    logged = stage_params(stage, params)
+    with tracking.stage_run(stage, params.mlflow.experiment, logged, data_digest()) as (_, parent):
+        tracking.mlflow.log_param("precision_used", keras.mixed_precision.global_policy().name)
+        for context, path in dict(splits).items():
+            tracking.log_split(context, path)
+        yield reports, parent
+
+
+def finish_training(
+    stage: str,
+    reports: Path,
+    metrics: Mapping[str, float],
+    models: Mapping[Path, tuple[keras.Model, str, np.ndarray]],
+    params: Params,
+) -> None:
+    """Save models and metrics atomically, log them, register every model."""
+    for path, (model, _, _) in models.items():
+        save_model(model, path)
+    write_json(reports / "metrics.json", dict(metrics))
+    tracking.mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
+    if params.mlflow.register:
+        for path, (model, registered, example) in models.items():
+            tracking.log_keras_model(
+                model,
+                name=registered.removeprefix("hmoe-"),
+                example=example,
+                out_path=path,
+                registered_name=registered,
+            )
 
 
 @dataclass(frozen=True)
@@ -88,21 +83,27 @@ class ClassifierJob:
 
     stage: str
     cfg: NetParams
-    build: Callable[[], keras.Model]
-    train: tuple[np.ndarray, np.ndarray]
-    val: tuple[np.ndarray, np.ndarray]
+    n_outputs: int
+    train: nodes.Split
+    val: nodes.Split
     model_path: Path
     registered_name: str
 
 
 def run_classifier_job(job: ClassifierJob, params: Params) -> dict[str, float]:
-    """Train, save, write reports and log everything to the stage's MLflow run."""
-    reports = paths.stage_reports(job.stage)
-    reports.mkdir(parents=True, exist_ok=True)
-    logged = stage_params(os.environ.get("DVC_STAGE", job.stage).split("@")[0], params)
-    backup = paths.BACKUPS / _backup_key(job.stage, logged)
-    with tracking.stage_run(job.stage, params.mlflow.experiment, logged, data_digest()):
-        model = job.build()
+    """Build (from the base when the recipe says so), train, save, log, register."""
+    init = modelset.load_model(paths.BASE_MODEL) if job.cfg.init_from_base else None
+    backup = paths.BACKUPS / _backup_key(job.stage, stage_params(job.stage, params))
+    with tracked_stage(job.stage, params, {"train": paths.TRAIN, "val": paths.VAL}) as (rep, _):
+        model = nodes.build_network(
+            job.n_outputs,
+            params.net,
+            job.cfg,
+            seed=params.seed,
+            name=job.stage.replace("train_", "").replace("@", "_"),
+            init=init,
+            whitening_images=job.train[0],
+        )
         logger.info(
             "%s: %d params, %d train / %d val images",
             job.stage,
@@ -112,44 +113,81 @@ def run_classifier_job(job: ClassifierJob, params: Params) -> dict[str, float]:
         )
         callbacks = [
             tracking.EpochLogger(),
-            keras.callbacks.CSVLogger(str(reports / "history.csv")),
+            keras.callbacks.CSVLogger(str(rep / "history.csv")),
             keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True),
         ]
         start = time.perf_counter()
-        history = fit_classifier(
-            model,
-            job.train,
-            job.val,
-            job.cfg,
-            callbacks=callbacks,
+        metrics = nodes.train_network(
+            model, job.cfg, job.train, job.val, callbacks=callbacks,
             jit_compile=params.train.jit_compile,
-        )
+        )  # fmt: skip
         fit_s = time.perf_counter() - start
-        epochs_run = len(history.history["loss"])
-        val_acc = history.history["val_accuracy"]
-        best = int(np.argmax(val_acc))
-        metrics = {
-            "val_accuracy": float(val_acc[best]),
-            "val_loss": float(history.history["val_loss"][best]),
-            "best_epoch": best + 1,
-            "epochs_run": epochs_run,
-            "train_images_per_s": len(job.train[0]) * epochs_run / fit_s,
+        metrics |= {
             "fit_s": fit_s,
+            "train_images_per_s": len(job.train[0]) * metrics["epochs_run"] / fit_s,
         }
-        save_model(model, job.model_path)
-        write_json(reports / "metrics.json", metrics)
-        tracking.mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
-        if params.mlflow.register:
-            tracking.log_keras_model(
-                model,
-                name=job.stage.replace("@", "-"),
-                example=job.val[0][:4],
-                out_path=job.model_path,
-                registered_name=job.registered_name,
-            )
+        example = job.val[0][:4]
+        finish_training(
+            job.stage, rep, metrics, {job.model_path: (model, job.registered_name, example)}, params
+        )
     shutil.rmtree(backup, ignore_errors=True)
-    logger.info("%s: best val accuracy %.4f at epoch %d", job.stage, val_acc[best], best + 1)
+    logger.info(
+        "%s: best val accuracy %.4f at epoch %d",
+        job.stage,
+        metrics["val_accuracy"],
+        metrics["best_epoch"],
+    )
     return metrics
+
+
+@dataclass(frozen=True)
+class GateJob:
+    """The gate stage: frozen outputs on the fitting and selection images -> gates."""
+
+    stage: str
+    fit: tuple[np.ndarray, np.ndarray]
+    select: tuple[np.ndarray, np.ndarray]
+    split_files: Mapping[str, Path]
+
+
+def run_gate_job(job: GateJob, params: Params) -> dict[str, float]:
+    """Outputs of the frozen networks (once), gates fitted on them, saved and logged."""
+    groups = params.groups
+    experts = modelset.load_mixture(groups, tta=params.mixture.tta, gates=False)
+    with tracked_stage(job.stage, params, job.split_files) as (rep, _):
+        start = time.perf_counter()
+        out_fit, out_sel = experts.outputs(job.fit[0]), experts.outputs(job.select[0])
+        logger.info(
+            "frozen outputs on %d + %d images (TTA level %d) in %.1fs",
+            len(job.fit[0]),
+            len(job.select[0]),
+            params.mixture.tta,
+            time.perf_counter() - start,
+        )
+        gates, metrics = nodes.train_gates(
+            groups,
+            params.gates,
+            params.mixture.routing,
+            (out_fit, job.fit[1]),
+            (out_sel, job.select[1]),
+            callbacks=[tracking.EpochLogger(), keras.callbacks.CSVLogger(str(rep / "history.csv"))],
+        )
+        metrics["fit_s"] = time.perf_counter() - start
+        models = {
+            paths.gate_model(g): (gate, modelset.gate_name(g), _gate_example(out_sel, i))
+            for i, (g, gate) in enumerate(zip(groups.names, gates, strict=True))
+        }
+        finish_training(job.stage, rep, metrics, models, params)
+    logger.info(
+        "gates: val mixture accuracy %.4f (base %.4f)",
+        metrics["val_accuracy"],
+        metrics["val_base_accuracy"],
+    )
+    return metrics
+
+
+def _gate_example(out: Outputs, g: int) -> np.ndarray:
+    return out.gate_inputs(g)[:4]
 
 
 def _backup_key(stage: str, logged: Mapping[str, Any]) -> str:

@@ -2,7 +2,8 @@
 
 A fresh process loads it with ``mlflow.pyfunc.load_model("models:/hmoe-mixture/N")``
 and calls ``predict`` on uint8 images (N, 32, 32, 3); it returns one probability
-column per class name plus a ``label`` column with the predicted class name.
+column per class name plus a ``label`` column with the predicted class name. The
+pyfunc applies the same test-time views as `evaluate`, so it scores the same.
 """
 
 from __future__ import annotations
@@ -15,19 +16,19 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from hmoe.data import IMAGE_SHAPE
+from hmoe.data.constants import IMAGE_SHAPE
 
 CONFIG = "config"
 
 
-def artifact_map(
-    base: Path, router: Path, specialists: dict[str, Path], gates: dict[str, Path], config: Path
-) -> dict[str, str]:
-    """Artifact keys the pyfunc expects, mapped to the local model files."""
-    arts = {"base": base, "router": router, CONFIG: config}
-    arts |= {f"specialist/{g}": p for g, p in specialists.items()}
-    arts |= {f"gate/{g}": p for g, p in gates.items()}
-    return {k: str(v) for k, v in arts.items()}
+def mixture_config(groups, mixture_params) -> dict[str, Any]:
+    """What the pyfunc needs besides the networks: classes, groups, routing, TTA."""
+    return {
+        "classes": list(groups.classes),
+        "groups": {n: list(m) for n, m in zip(groups.names, groups.members, strict=True)},
+        "routing": mixture_params.routing,
+        "tta": mixture_params.tta,
+    }
 
 
 def to_images(model_input: Any) -> np.ndarray:
@@ -50,10 +51,7 @@ class MixturePyfunc(mlflow.pyfunc.PythonModel):
     """Loads the frozen networks (safe_mode=True) and runs the routed mixture."""
 
     def load_context(self, context) -> None:
-        import keras
-
-        import hmoe.nets  # noqa: F401  registers the custom layers before loading
-        from hmoe.mixture import Mixture
+        from hmoe import modelset
         from hmoe.params import Groups
 
         arts = context.artifacts
@@ -63,18 +61,10 @@ class MixturePyfunc(mlflow.pyfunc.PythonModel):
             members=tuple(tuple(m) for m in cfg["groups"].values()),
             classes=tuple(cfg["classes"]),
         )
-
-        def load(key: str):
-            return keras.saving.load_model(arts[key], safe_mode=True)
-
+        files = {name: Path(p) for name, p in arts.items() if name != CONFIG}
         self.classes = list(cfg["classes"])
-        self.mixture = Mixture(
-            router=load("router"),
-            base=load("base"),
-            specialists={g: load(f"specialist/{g}") for g in groups.names},
-            gates={g: load(f"gate/{g}") for g in groups.names},
-            groups=groups,
-            routing=cfg["routing"],
+        self.mixture = modelset.load_mixture(
+            groups, routing=cfg["routing"], tta=cfg.get("tta", 0), files=files
         )
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:

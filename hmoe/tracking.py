@@ -143,11 +143,36 @@ class EpochLogger(keras.callbacks.Callback):
 
 def file_md5(path: Path) -> str:
     """The md5 DVC 3 records for a file output in dvc.lock."""
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
+def log_split(context: str, path: Path) -> None:
+    """Log a prepared split as an MLflow dataset input, digest = its DVC md5.
+
+    MLflow's own digest hashes only the first 10,000 values (about 3 images), so two
+    different splits could share it; the file's md5 is what dvc.lock records.
+    """
+    from hmoe.data.storage import load_split
+
+    x, y = load_split(path)
+    dataset = mlflow.data.from_numpy(
+        x, targets=y, source=str(path), name=Path(path).stem, digest=file_md5(path)
+    )
+    mlflow.log_input(dataset, context=context)
+
+
+def requirements() -> list[str]:
+    """Pinned requirements of a logged model (MLflow cannot infer them for Keras 3)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for dist in ("keras", "tensorflow-cpu", "tensorflow", "jax", "numpy", "pandas", "mlflow"):
+        try:
+            pins.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            continue
+    return pins
 
 
 def tag_version(name: str, version: str, out_path: Path) -> None:
@@ -178,7 +203,11 @@ def log_keras_model(
 
     signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
     info = mlflow.keras.log_model(
-        model, name=name, signature=signature, registered_model_name=registered_name
+        model,
+        name=name,
+        signature=signature,
+        registered_model_name=registered_name,
+        pip_requirements=requirements(),
     )
     version = info.registered_model_version
     if registered_name and version is not None:

@@ -1,8 +1,8 @@
 """Stage `evaluate`: the only stage that reads the test split.
 
-Reports base, router, each specialist on its own group, the mixture, and the
-controls (compute-matched ensemble, oracle / hard / soft routing); registers the
-assembled mixture as the `hmoe-mixture` pyfunc and closes the pipeline's parent run.
+Scores the mixture and its controls (:func:`hmoe.nodes.evaluate_mixture`), writes
+metrics, plots and the report, registers the assembled mixture as the
+`hmoe-mixture` pyfunc and closes the pipeline's parent run.
 """
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 import hmoe
-from hmoe import paths, runner, tracking
+from hmoe import modelset, paths, runner, tracking
 from hmoe.data import load_split
-from hmoe.metrics import accuracy, confusion, per_class_accuracy, specialist_accuracy
-from hmoe.mixture import Mixture, Outputs, combine, ensemble, one_hot, route_weights
+from hmoe.data.storage import atomic_write, write_json
+from hmoe.metrics import confusion, per_class_accuracy
+from hmoe.mixture import Mixture
+from hmoe.nodes import evaluate_mixture
 from hmoe.params import Params
-from hmoe.registry import MIXTURE, apply_champion_rule, versions_for_outputs
+from hmoe.registry import apply_champion_rule, versions_for_outputs
 from hmoe.report import read_histories, write_report
 
 logger = logging.getLogger("hmoe.evaluate")
@@ -29,48 +32,12 @@ STAGE = "evaluate"
 CONFIG_FILE = Path(".cache/hmoe/mixture-config.json")
 
 
-def load_mixture(params: Params) -> Mixture:
-    names = params.groups.names
-    return Mixture(
-        router=runner.load_model(paths.ROUTER_MODEL),
-        base=runner.load_model(paths.BASE_MODEL),
-        specialists={g: runner.load_model(paths.specialist_model(g)) for g in names},
-        gates={g: runner.load_model(paths.gate_model(g)) for g in names},
-        groups=params.groups,
-        routing=params.mixture.routing,
-    )
-
-
-def score(mix: Mixture, out: Outputs, weights: list[np.ndarray], y: np.ndarray):
-    """All test metrics, plus the base's and the mixture's predicted labels."""
-    groups = mix.groups
-    true_group = np.asarray(groups.group_of_label())[y]
-    n_groups = len(groups.names)
-    probs = {
-        "hard": combine(route_weights(out.router, "hard"), weights, out.base, out.specs),
-        "soft": combine(route_weights(out.router, "soft"), weights, out.base, out.specs),
-        "oracle": combine(one_hot(true_group, n_groups), weights, out.base, out.specs),
-        "ensemble": ensemble(out.base, out.specs),
-    }
-    mixture = probs[mix.routing]
-    m = {
-        "base_accuracy": accuracy(out.base, y),
-        "router_accuracy": accuracy(out.router, true_group),
-        "mixture_accuracy": accuracy(mixture, y),
-        **{f"{k}_accuracy": accuracy(p, y) for k, p in probs.items()},
-    }
-    for g, name in enumerate(groups.names):
-        ids = groups.class_ids(name)
-        m[f"specialist_{name}_accuracy"] = specialist_accuracy(out.specs[g], y, ids)
-        m[f"gate_{name}_specialist_weight"] = float(weights[g][:, 1].mean())
-    m["lift_over_base"] = m["mixture_accuracy"] - m["base_accuracy"]
-    m["lift_over_ensemble"] = m["mixture_accuracy"] - m["ensemble_accuracy"]
-    m["mixture_rows_sum_max_error"] = float(np.abs(mixture.sum(axis=1) - 1).max())
-    return m, np.argmax(out.base, axis=1), np.argmax(mixture, axis=1)
-
-
 def time_inference(mix: Mixture, x: np.ndarray) -> dict[str, float]:
-    """Routed (each branch on its share) vs dense (every network on every image)."""
+    """Routed (each branch on its share) vs dense (every network on every image).
+
+    Logged to MLflow only: timings are not a DVC metric (identical models would
+    show a difference in every `dvc metrics diff`).
+    """
     start = time.perf_counter()
     routed = mix.predict_proba(x)
     routed_s = time.perf_counter() - start
@@ -84,52 +51,48 @@ def time_inference(mix: Mixture, x: np.ndarray) -> dict[str, float]:
     }
 
 
-def write_plots(y: np.ndarray, base_pred: np.ndarray, mix_pred: np.ndarray, classes) -> None:
+def write_plots(y: np.ndarray, pred: dict, classes: list[str]) -> None:
     """Confusion rows (DVC `confusion` template) and per-class accuracy."""
-    paths.EVAL.mkdir(parents=True, exist_ok=True)
-    rows = ["actual,predicted"] + [
-        f"{classes[a]},{classes[p]}" for a, p in zip(y, mix_pred, strict=True)
-    ]
-    paths.CONFUSION.write_text("\n".join(rows) + "\n")
-    n = len(classes)
-    base_acc = per_class_accuracy(y, base_pred, n)
-    mix_acc = per_class_accuracy(y, mix_pred, n)
-    lines = ["class,base,mixture"] + [
-        f"{c},{b:.4f},{m:.4f}" for c, b, m in zip(classes, base_acc, mix_acc, strict=True)
-    ]
-    paths.PER_CLASS.write_text("\n".join(lines) + "\n")
+    names = np.asarray(classes)
+    confusion_rows = pd.DataFrame({"actual": names[y], "predicted": names[pred["mixture"]]})
+    per_class = pd.DataFrame(
+        {
+            "class": classes,
+            "base": per_class_accuracy(y, pred["base"], len(classes)),
+            "mixture": per_class_accuracy(y, pred["mixture"], len(classes)),
+        }
+    )
+    atomic_write(paths.CONFUSION, lambda tmp: confusion_rows.to_csv(tmp, index=False))
+    atomic_write(
+        paths.PER_CLASS, lambda tmp: per_class.to_csv(tmp, index=False, float_format="%.4f")
+    )
 
 
 def main() -> None:
     params = runner.init(STAGE)
-    mix = load_mixture(params)
+    groups = params.groups
+    mix = modelset.load_mixture(groups, routing=params.mixture.routing, tta=params.mixture.tta)
     x, y = load_split(paths.TEST)
-    classes = list(params.groups.classes)
-    logged = runner.stage_params(STAGE, params)
-    with tracking.stage_run(STAGE, params.mlflow.experiment, logged, runner.data_digest()) as (
-        _,
-        parent,
-    ):
-        out = mix.outputs(x)
-        weights = mix.gate_weights(out)
-        metrics, base_pred, mix_pred = score(mix, out, weights, y)
-        metrics |= time_inference(mix, x)
-        write_plots(y, base_pred, mix_pred, classes)
-        cm = confusion(y, mix_pred, len(classes))
-        runner.write_json(paths.METRICS, metrics)
-        tracking.mlflow.log_metrics(metrics)
+    classes = list(groups.classes)
+    with runner.tracked_stage(STAGE, params, {"test": paths.TEST}) as (_, parent):
+        metrics, pred = evaluate_mixture(mix, x, y)
+        timings = time_inference(mix, x)
+        write_plots(y, pred, classes)
+        write_json(paths.METRICS, metrics)
+        tracking.mlflow.log_metrics(metrics | timings)
+        cm = confusion(y, pred["mixture"], len(classes))
         tracking.mlflow.log_dict({"classes": classes, "matrix": cm.tolist()}, "confusion.json")
         tracking.mlflow.log_artifact(str(paths.PER_CLASS))
         report_files = write_report(
             paths.REPORT,
             metrics=metrics,
             y=y,
-            base_pred=base_pred,
-            mix_pred=mix_pred,
-            router_probs=out.router,
-            gate_ws=weights,
+            base_pred=pred["base"],
+            mix_pred=pred["mixture"],
+            router_probs=pred["router_probs"],
+            gate_ws=pred["gate_weights"],
             classes=classes,
-            group_names=params.groups.names,
+            group_names=groups.names,
             histories=read_histories(paths.REPORTS),
         )
         if params.mlflow.register:
@@ -150,23 +113,13 @@ def main() -> None:
     )
 
 
-def model_outputs(params: Params) -> dict[str, Path]:
-    """Registered name -> the DVC output file it was logged from."""
-    names = params.groups.names
-    return {
-        "hmoe-base": paths.BASE_MODEL,
-        "hmoe-router": paths.ROUTER_MODEL,
-        **{f"hmoe-specialist-{g}": paths.specialist_model(g) for g in names},
-        **{f"hmoe-gate-{g}": paths.gate_model(g) for g in names},
-    }
-
-
 def link_lineage(parent: str, params: Params) -> None:
     """Tag the pipeline run with the model versions (and runs) behind every output,
     so a pipeline whose stages DVC skipped still shows where each network came from.
     """
     client = tracking.MlflowClient()
-    for name, (version, run_id) in versions_for_outputs(model_outputs(params)).items():
+    outs = modelset.model_files(params.groups.names)
+    for name, (version, run_id) in versions_for_outputs(outs).items():
         client.set_tag(parent, f"model_version.{name}", version)
         client.set_tag(parent, f"source_run.{name}", run_id)
 
@@ -175,26 +128,12 @@ def register_mixture(params: Params, example: np.ndarray) -> str:
     """Log and register the assembled mixture as a pyfunc (`hmoe-mixture`)."""
     from mlflow.models import infer_signature
 
-    from hmoe.serving import MixturePyfunc, artifact_map, predictions_frame
+    from hmoe.serving import MixturePyfunc, mixture_config, predictions_frame
 
     names = params.groups.names
-    CONFIG_FILE.parent.mkdir(parents=True, exist_ok=True)
-    CONFIG_FILE.write_text(
-        json.dumps(
-            {
-                "classes": list(params.groups.classes),
-                "groups": {n: list(m) for n, m in zip(names, params.groups.members, strict=True)},
-                "routing": params.mixture.routing,
-            }
-        )
-    )
-    arts = artifact_map(
-        paths.BASE_MODEL,
-        paths.ROUTER_MODEL,
-        {g: paths.specialist_model(g) for g in names},
-        {g: paths.gate_model(g) for g in names},
-        CONFIG_FILE,
-    )
+    write_json(CONFIG_FILE, mixture_config(params.groups, params.mixture))
+    files = modelset.model_files(names)
+    arts = {name: str(path) for name, path in files.items()} | {"config": str(CONFIG_FILE)}
     probs = np.full((len(example), len(params.groups.classes)), 0.1, dtype=np.float32)
     signature = infer_signature(example, predictions_frame(probs, list(params.groups.classes)))
     info = tracking.mlflow.pyfunc.log_model(
@@ -204,15 +143,18 @@ def register_mixture(params: Params, example: np.ndarray) -> str:
         code_paths=[str(Path(hmoe.__file__).parent)],
         signature=signature,
         input_example=example,
-        registered_model_name=MIXTURE,
+        registered_model_name=modelset.MIXTURE,
+        pip_requirements=tracking.requirements(),
     )
     version = str(info.registered_model_version)
     client = tracking.MlflowClient()
-    for name, path in model_outputs(params).items():
-        client.set_model_version_tag(MIXTURE, version, f"dvc_md5.{name}", tracking.file_md5(path))
+    for name, path in files.items():
+        client.set_model_version_tag(
+            modelset.MIXTURE, version, f"dvc_md5.{name}", tracking.file_md5(path)
+        )
     for k, v in tracking.common_tags().items():
-        client.set_model_version_tag(MIXTURE, version, k, v)
-    logger.info("registered %s version %s", MIXTURE, version)
+        client.set_model_version_tag(modelset.MIXTURE, version, k, v)
+    logger.info("registered %s version %s", modelset.MIXTURE, version)
     return version
 
 

@@ -4,29 +4,43 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
-from hmoe import paths, runner, tracking
-from hmoe.data import DataError, class_counts, load_source, save_split, stratified_split
+from hmoe import paths, startup, tracking
+from hmoe.data import DataError, class_counts, load_source, save_split
+from hmoe.data.split import prepare_splits
+from hmoe.data.storage import write_json
 
 logger = logging.getLogger("hmoe.prepare")
+STAGE = "prepare"
+
+
+def resolve_source(source: str) -> str:
+    """A relative path means relative to the repository root, also in DVC's temp copies
+    of queued experiments (so the committed params name one path for every machine).
+    """
+    if source.strip().lower() == "keras" or Path(source).expanduser().is_absolute():
+        return source
+    return str(tracking.repo_root() / source)
 
 
 def main() -> None:
-    params = runner.init("prepare")
+    params = startup.init(STAGE, keras_setup=False)
     try:
-        raw = load_source(params.data.source)
-        x_tr, y_tr, x_val, y_val = stratified_split(
+        raw = load_source(resolve_source(params.data.source))
+        splits = prepare_splits(
             raw.x_train,
             raw.y_train,
             val_size=params.data.val_size,
+            gate_size=params.data.gate_size,
             limit=params.data.limit,
-            seed=params.seed,
+            seed=params.data.split_seed,
         )
     except DataError as err:
         logger.error("prepare: %s", err)
         sys.exit(2)
-    splits = {"train": (x_tr, y_tr), "val": (x_val, y_val), "test": (raw.x_test, raw.y_test)}
-    files = {"train": paths.TRAIN, "val": paths.VAL, "test": paths.TEST}
+    splits["test"] = (raw.x_test, raw.y_test)
+    files = {"train": paths.TRAIN, "gate": paths.GATE, "val": paths.VAL, "test": paths.TEST}
     for name, (x, y) in splits.items():
         save_split(files[name], x, y)
         logger.info("prepare: %s split %d images -> %s", name, len(x), files[name])
@@ -37,11 +51,14 @@ def main() -> None:
         "counts": {name: class_counts(y) for name, (_, y) in splits.items()},
         "sizes": {name: len(y) for name, (_, y) in splits.items()},
     }
-    runner.write_json(paths.DATA_REPORT, report)
-    logged = runner.stage_params("prepare", params)
-    with tracking.stage_run("prepare", params.mlflow.experiment, logged, raw.digest):
+    write_json(paths.DATA_REPORT, report)
+    with tracking.stage_run(
+        STAGE, params.mlflow.experiment, startup.stage_params(STAGE, params), raw.digest
+    ):
         tracking.mlflow.log_metrics({f"{k}_images": v for k, v in report["sizes"].items()})
         tracking.mlflow.log_dict(report, "data.json")
+        for name in ("train", "gate", "val"):
+            tracking.log_split(name, files[name])
 
 
 if __name__ == "__main__":

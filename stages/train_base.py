@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-from hmoe import paths, runner
+from hmoe import modelset, paths, runner
 from hmoe.data import load_split
-from hmoe.nets import build_classifier
+
+STAGE = "train_base"
 
 
 def main() -> None:
-    params = runner.init("train_base")
-    cfg = params.base
+    params = runner.init(STAGE)
     job = runner.ClassifierJob(
-        stage="train_base",
-        cfg=cfg,
-        build=lambda: build_classifier(
-            len(params.groups.classes),
-            width=cfg.width,
-            weight_decay=cfg.weight_decay,
-            augment=cfg.augment,
-            seed=params.seed,
-            name="base",
-        ),
+        stage=STAGE,
+        cfg=params.base,
+        n_outputs=len(params.groups.classes),
         train=load_split(paths.TRAIN),
         val=load_split(paths.VAL),
         model_path=paths.BASE_MODEL,
-        registered_name="hmoe-base",
+        registered_name=modelset.BASE,
     )
     runner.run_classifier_job(job, params)
 

@@ -1,18 +1,36 @@
-"""Network shapes, save/load with safe_mode, and the Keras gate trainer's maths."""
+"""Network shapes, the recipe's custom layers, save/load with safe_mode, gate maths."""
+
+import dataclasses
 
 import keras
 import numpy as np
 import pytest
 
-from hmoe.mixture import Mixture, combine, embed
+from hmoe.mixture import Mixture, combine, embed, tta_views
 from hmoe.nets import (
     PadCropFlip,
+    PartialDirac,
+    ScaledBias,
     build_classifier,
     build_gate,
     build_gate_trainer,
     copy_trunk,
+    fit_whitening,
+    freeze_trunk,
+    whitening_kernel,
 )
-from hmoe.params import Groups
+from hmoe.params import Groups, NetArch
+
+ARCH = NetArch(
+    width=4, whiten=True, dirac=True, bn_bias_lr=64.0, bn_momentum=0.4, logit_scale=1 / 9
+)
+GROUPS = Groups(
+    names=("a", "b"),
+    members=(
+        ("airplane", "automobile", "ship", "truck"),
+        ("bird", "cat", "deer", "dog", "frog", "horse"),
+    ),
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +38,9 @@ def images():
     return np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
 
 
-def test_classifier_takes_uint8_and_outputs_distribution(images):
-    model = build_classifier(4, width=4)
+@pytest.mark.parametrize("whiten", [True, False])
+def test_classifier_takes_uint8_and_outputs_distribution(images, whiten):
+    model = build_classifier(4, dataclasses.replace(ARCH, whiten=whiten))
     assert model.input.dtype == "uint8"
     p = np.asarray(model.predict(images, verbose=0))
     assert p.shape == (6, 4)
@@ -29,35 +48,103 @@ def test_classifier_takes_uint8_and_outputs_distribution(images):
 
 
 def test_saved_model_loads_with_safe_mode(tmp_path, images):
-    model = build_classifier(3, width=4, seed=1)
+    model = build_classifier(3, ARCH, seed=1)
+    fit_whitening(model, images)
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_allclose(
         loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
     )
+    np.testing.assert_array_equal(
+        np.asarray(loaded.get_layer("whiten").kernel), np.asarray(model.get_layer("whiten").kernel)
+    )
+
+
+def test_whitening_kernel_decorrelates_patches():
+    rng = np.random.default_rng(0)
+    # correlated pixels: a smooth random field, so raw 2x2 patches are far from white
+    smooth = rng.normal(size=(200, 17, 17, 3)).repeat(2, axis=1).repeat(2, axis=2)[:, :32, :32]
+    imgs = np.clip(128 + 40 * smooth, 0, 255).astype(np.uint8)
+    k = whitening_kernel(imgs)
+    assert k.shape == (2, 2, 3, 24)
+    model = build_classifier(2, ARCH, translate=None)
+    fit_whitening(model, imgs)
+    stem = keras.Model(model.input, model.get_layer("whiten").output)
+    out = np.asarray(stem.predict(imgs, verbose=0)).reshape(-1, 24)[:, :12]
+    second_moment = out.T @ out / len(out)  # the kernel whitens the uncentred patches
+    np.testing.assert_allclose(second_moment, np.eye(12), atol=0.02)
+    np.testing.assert_allclose(np.asarray(model.get_layer("whiten").kernel), k)
+
+
+def test_whitening_kernel_is_frozen_but_bias_trains():
+    layer = build_classifier(2, ARCH).get_layer("whiten")
+    assert [w.name for w in layer.trainable_weights] == ["bias"]
+
+
+def test_partial_dirac_starts_as_identity():
+    kernel = np.asarray(PartialDirac(seed=0)((3, 3, 4, 6)))
+    for i in range(4):
+        expected = np.zeros((3, 3, 4))
+        expected[1, 1, i] = 1.0
+        np.testing.assert_array_equal(kernel[:, :, :, i], expected)
+    assert np.abs(kernel[:, :, :, 4:]).sum() > 0  # the extra filters are random
+
+
+def test_scaled_bias_learns_scale_squared_faster():
+    layer = ScaledBias(8.0)
+    x = keras.ops.zeros((1, 3))
+    layer.build((1, 3))
+    opt = keras.optimizers.SGD(learning_rate=0.01)
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = keras.ops.sum(layer(x))  # d loss / d effective bias = 1
+    grads = tape.gradient(loss, layer.trainable_variables)
+    opt.apply(grads, layer.trainable_variables)
+    effective = np.asarray(layer(x))
+    np.testing.assert_allclose(effective, -0.01 * 64.0 * np.ones((1, 3)), rtol=1e-6)
 
 
 def test_augmentation_only_in_training(images):
-    layer = PadCropFlip(seed=3)
+    layer = PadCropFlip(pad=2, seed=3)
     x = images.astype("float32")
     np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
     y = np.asarray(layer(x, training=True))
     assert y.shape == x.shape
     assert not np.array_equal(y, x)
-    # a crop of a zero-padded image keeps at least the central 24x24 pixels' values
-    assert set(np.unique(y)) <= set(np.unique(x)) | {0.0}
+    # reflect padding adds no new values: every output pixel comes from its image
+    for a, b in zip(y, x, strict=True):
+        assert set(np.unique(a)) <= set(np.unique(b))
 
 
 def test_copy_trunk_copies_everything_but_the_head():
-    base = build_classifier(10, width=4, seed=1)
-    spec = build_classifier(4, width=4, seed=2)
+    base = build_classifier(10, ARCH, seed=1)
+    spec = build_classifier(4, ARCH, seed=2)
     copied = copy_trunk(base, spec)
     assert copied > 5
-    for name in ("prep_conv", "res3b_bn"):
+    for name in ("whiten", "group1_conv1", "group3_2_bias"):
         for a, b in zip(base.get_layer(name).weights, spec.get_layer(name).weights, strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert spec.get_layer("logits").kernel.shape == (base.get_layer("logits").kernel.shape[0], 4)
+
+
+def test_freeze_trunk_leaves_only_the_head_trainable():
+    model = build_classifier(2, ARCH)
+    freeze_trunk(model)
+    assert [w.path for w in model.trainable_weights] == [model.get_layer("logits").kernel.path]
+
+
+def test_tta_views_weights_and_shapes(images):
+    for level, n in ((0, 1), (1, 2), (2, 6)):
+        views = tta_views(images, level)
+        assert len(views) == n
+        assert sum(w for w, _ in views) == pytest.approx(1.0)
+        assert all(v.shape == images.shape for _, v in views)
+    mirrored = tta_views(images, 1)[1][1]
+    np.testing.assert_array_equal(mirrored[:, :, 0], images[:, :, -1])
+    shifted = tta_views(images, 2)[2][1]  # shifted one pixel: interior moves by one
+    np.testing.assert_array_equal(shifted[:, 1:, 1:], images[:, :-1, :-1])
 
 
 def _dist(rng, shape):
@@ -84,25 +171,43 @@ def test_gate_trainer_matches_numpy_mixture(n_groups):
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-def test_routed_inference_equals_dense_hard_mixture(images):
-    groups = Groups(
-        names=("a", "b"),
-        members=(
-            ("airplane", "automobile", "ship", "truck"),
-            ("bird", "cat", "deer", "dog", "frog", "horse"),
-        ),
-    )
+def _net(n: int) -> keras.Model:
+    """An untrained classifier whose whitening is fitted, so its outputs vary by image."""
+    model = build_classifier(n, ARCH)
+    fit_whitening(model, np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3), np.uint8))
+    return model
+
+
+def _mixture(routing="hard", tta=0, gates=True):
     keras.utils.set_random_seed(0)
-    mix = Mixture(
-        router=build_classifier(2, width=4),
-        base=build_classifier(10, width=4),
-        specialists={"a": build_classifier(4, width=4), "b": build_classifier(6, width=4)},
-        gates={"a": build_gate(10, hidden=4), "b": build_gate(10, hidden=4)},
-        groups=groups,
-        routing="hard",
+    return Mixture(
+        router=_net(2),
+        base=_net(10),
+        specialists={"a": _net(4), "b": _net(6)},
+        gates={"a": build_gate(10, hidden=4), "b": build_gate(10, hidden=4)} if gates else {},
+        groups=GROUPS,
+        routing=routing,
+        tta=tta,
     )
+
+
+@pytest.mark.parametrize("tta", [0, 2])
+def test_routed_inference_equals_dense_hard_mixture(images, tta):
+    mix = _mixture(tta=tta)
     routed = mix.predict_proba(images)
     dense = mix.predict_dense(images)
     np.testing.assert_allclose(routed, dense, atol=1e-5)
     np.testing.assert_allclose(routed.sum(axis=1), 1.0, atol=1e-5)
-    assert embed(np.ones((1, 4)) / 4, groups.class_ids("a"), 10).sum() == pytest.approx(1.0)
+    assert embed(np.ones((1, 4)) / 4, GROUPS.class_ids("a"), 10).sum() == pytest.approx(1.0)
+
+
+def test_tta_changes_predictions_but_keeps_distributions(images):
+    plain, tta = _mixture(tta=0), _mixture(tta=2)
+    p0, p2 = plain.predict_dense(images), tta.predict_dense(images)
+    assert not np.allclose(p0, p2)
+    np.testing.assert_allclose(p2.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_predict_without_gates_raises(images):
+    with pytest.raises(ValueError, match="no gates"):
+        _mixture(gates=False).predict_proba(images)

@@ -9,7 +9,6 @@ def test_repository_params_parse():
     assert p.groups.names == ("artificial", "natural")
     assert p.groups.class_ids("artificial") == (0, 1, 8, 9)
     assert p.groups.group_of_label() == (0, 0, 1, 1, 1, 1, 1, 1, 0, 0)
-    assert p.mixture.routing in ("hard", "soft")
 
 
 def test_three_groups_are_a_valid_partition(raw_params):
@@ -38,7 +37,15 @@ def test_three_groups_are_a_valid_partition(raw_params):
         (lambda r: r["mixture"].update(routing="fuzzy"), "`mixture.routing`"),
         (lambda r: r["train"].update(precision="fp8"), "`train.precision`"),
         (lambda r: r["data"].update(val_size=0), "`data.val_size`"),
-        (lambda r: r["specialists"].update(width=8), "`specialists.width`"),
+        (lambda r: r["net"].update(width=0), "`net.width`"),
+        (lambda r: r["net"].update(whitten=True), "`net.whitten`"),
+        (lambda r: r["base"].update(optimizer="adam"), "`base.optimizer`"),
+        (lambda r: r["base"].update(schedule="step"), "`base.schedule`"),
+        (lambda r: r["base"].pop("momentum"), "`base.momentum`"),
+        (lambda r: r["router"].update(init_from_base=False), "`router.freeze_trunk`"),
+        (lambda r: r["base"].update(init_from_base=True), "`base.init_from_base`"),
+        (lambda r: r["mixture"].update(tta=3), "`mixture.tta`"),
+        (lambda r: r["mlflow"].update(experiment=""), "`mlflow.experiment`"),
         (lambda r: r["groups"]["natural"].append("airplane"), "'airplane'"),
         (lambda r: r["groups"]["natural"].remove("frog"), "frog"),
         (lambda r: r["groups"]["natural"].append("unicorn"), "unicorn"),
@@ -64,3 +71,14 @@ def test_flatten_gives_dotted_keys(raw_params):
     assert flat["base.epochs"] == raw_params["base"]["epochs"]
     assert flat["groups.artificial"] == "airplane,automobile,ship,truck"
     assert flat["data.limit"] is None
+
+
+def test_every_key_is_required_so_params_yaml_is_the_only_source_of_defaults(raw_params):
+    import dataclasses
+
+    from hmoe.params import NetParams
+
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(NetParams))
+    del raw_params["gates"]["hidden"]
+    with pytest.raises(ParamsError, match=r"missing key `gates\.hidden`"):
+        parse_params(raw_params)

@@ -20,7 +20,13 @@ def _outs(stage):
 
 def test_outputs_match_paths_module():
     s = _stages()
-    assert _outs(s["prepare"]) == [str(paths.TRAIN), str(paths.VAL), str(paths.TEST)]
+    assert _outs(s["prepare"]) == [
+        str(paths.TRAIN),
+        str(paths.GATE),
+        str(paths.VAL),
+        str(paths.TEST),
+        str(paths.DATA_REPORT),
+    ]
     assert _outs(s["train_base"]) == [str(paths.BASE_MODEL)]
     assert _outs(s["train_router"]) == [str(paths.ROUTER_MODEL)]
     assert _outs(s["train_specialist"]) == [str(paths.specialist_model("${key}"))]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hmoe.data import (
+from hmoe.data.constants import (
     BATCH_DIR_NAME,
     CIFAR10_CLASSES,
     IMAGE_SHAPE,

@@ -1,0 +1,169 @@
+"""The pipeline's pure nodes: arrays and params in, models and numbers out.
+
+No file, DVC or MLflow here: stages (``stages/``) read inputs, call these nodes,
+then write and log; ``bench/pipeline_compute.py`` chains the same nodes in one
+process. That keeps one implementation of every step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from hmoe.metrics import accuracy, specialist_accuracy
+from hmoe.mixture import Mixture, Outputs, combine, ensemble, one_hot, route_weights
+from hmoe.nets import build_classifier, build_gate, copy_trunk, fit_whitening, freeze_trunk
+from hmoe.params import GateParams, Groups, NetArch, NetParams
+from hmoe.train import fit_classifier, fit_gates
+
+logger = logging.getLogger(__name__)
+
+Split = tuple[np.ndarray, np.ndarray]
+# Images used to fit the whitening layer: enough for a stable 12x12 covariance.
+WHITENING_SAMPLE = 5000
+
+
+def specialist_subset(x: np.ndarray, y: np.ndarray, class_ids: Sequence[int]) -> Split:
+    """Images of the group's classes, labels renumbered 0..k-1 in group order."""
+    keep = np.isin(y, class_ids)
+    local = np.full(max(*class_ids, int(y.max(initial=0))) + 1, -1, dtype=np.int64)
+    local[list(class_ids)] = np.arange(len(class_ids))
+    return x[keep], local[y[keep]]
+
+
+def group_labels(y: np.ndarray, groups: Groups) -> np.ndarray:
+    """Group index of every label (the router's targets)."""
+    return np.asarray(groups.group_of_label(), dtype=np.int64)[y]
+
+
+def build_network(
+    n_outputs: int,
+    arch: NetArch,
+    cfg: NetParams,
+    *,
+    seed: int,
+    name: str,
+    init: keras.Model | None = None,
+    whitening_images: np.ndarray | None = None,
+) -> keras.Model:
+    """A classifier ready to train: from the base's trunk when ``init`` is given
+    (frozen if ``cfg.freeze_trunk``), else with its whitening fitted on the images.
+    """
+    model = build_classifier(
+        n_outputs, arch, translate=cfg.translate if cfg.augment else None, seed=seed, name=name
+    )
+    if init is not None:
+        copied = copy_trunk(init, model)
+        logger.info("%s: %d layers copied from %s", name, copied, init.name)
+        if cfg.freeze_trunk:
+            freeze_trunk(model)
+    elif whitening_images is not None:
+        fit_whitening(model, whitening_images[:WHITENING_SAMPLE])
+    return model
+
+
+def train_network(
+    model: keras.Model,
+    cfg: NetParams,
+    train: Split,
+    val: Split,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    jit_compile: bool = False,
+) -> dict[str, float]:
+    """Fit ``model`` in place (best val epoch kept); return its training summary."""
+    history = fit_classifier(model, train, val, cfg, callbacks=callbacks, jit_compile=jit_compile)
+    return summarise_history(history.history, monitor="val_accuracy", mode="max")
+
+
+def summarise_history(history: dict[str, list[float]], *, monitor: str, mode: str) -> dict:
+    values = history[monitor]
+    best = int(np.argmax(values) if mode == "max" else np.argmin(values))
+    return {
+        monitor: float(values[best]),
+        "best_epoch": best + 1,
+        "epochs_run": len(values),
+        **({"val_loss": float(history["val_loss"][best])} if "val_loss" in history else {}),
+    }
+
+
+def gate_inputs(out: Outputs, routing: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the gate trainer takes: route weights, base probs, stacked specialist probs."""
+    return route_weights(out.router, routing), out.base, np.stack(out.specs, axis=1)
+
+
+def train_gates(
+    groups: Groups,
+    cfg: GateParams,
+    routing: str,
+    train: tuple[Outputs, np.ndarray],
+    val: tuple[Outputs, np.ndarray],
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> tuple[list[keras.Model], dict[str, float]]:
+    """One gate per group, fitted jointly through the routed mixture on frozen outputs."""
+    (out_tr, y), (out_val, yv) = train, val
+    gates = [
+        build_gate(len(groups.classes), hidden=cfg.hidden, name=f"gate_{g}") for g in groups.names
+    ]
+    history = fit_gates(
+        gates, gate_inputs(out_tr, routing), y, gate_inputs(out_val, routing), yv, cfg,
+        callbacks=callbacks,
+    )  # fmt: skip
+    weights = [
+        np.asarray(g.predict(out_val.gate_inputs(i), verbose=0)) for i, g in enumerate(gates)
+    ]
+    summary = summarise_history(history.history, monitor="val_loss", mode="min")
+    summary["val_accuracy"] = accuracy(
+        combine(route_weights(out_val.router, routing), weights, out_val.base, out_val.specs), yv
+    )
+    summary["val_base_accuracy"] = accuracy(out_val.base, yv)
+    return gates, summary
+
+
+def control_probs(out: Outputs, weights: list[np.ndarray], true_group: np.ndarray) -> dict:
+    """The mixture under each routing, plus the controls it must beat."""
+    n_groups = out.router.shape[1]
+    return {
+        "hard": combine(route_weights(out.router, "hard"), weights, out.base, out.specs),
+        "soft": combine(route_weights(out.router, "soft"), weights, out.base, out.specs),
+        "oracle": combine(one_hot(true_group, n_groups), weights, out.base, out.specs),
+        "ensemble": ensemble(out.base, out.specs),
+    }
+
+
+def evaluate_mixture(mixture: Mixture, x: np.ndarray, y: np.ndarray) -> tuple[dict, dict]:
+    """Test metrics of the mixture and its controls, and the predicted labels.
+
+    Returns (metrics, predictions) with predictions ``{"base", "mixture"}`` -> labels,
+    plus the router's probabilities and every gate's weights for the report.
+    """
+    groups = mixture.groups
+    out = mixture.outputs(x)
+    weights = mixture.gate_weights(out)
+    true_group = group_labels(y, groups)
+    probs = control_probs(out, weights, true_group)
+    mixed = probs[mixture.routing]
+    metrics = {
+        "base_accuracy": accuracy(out.base, y),
+        "router_accuracy": accuracy(out.router, true_group),
+        "mixture_accuracy": accuracy(mixed, y),
+        **{f"{k}_accuracy": accuracy(p, y) for k, p in probs.items()},
+    }
+    for g, name in enumerate(groups.names):
+        ids = groups.class_ids(name)
+        metrics[f"specialist_{name}_accuracy"] = specialist_accuracy(out.specs[g], y, ids)
+        metrics[f"gate_{name}_specialist_weight"] = float(weights[g][:, 1].mean())
+    metrics["lift_over_base"] = metrics["mixture_accuracy"] - metrics["base_accuracy"]
+    metrics["lift_over_ensemble"] = metrics["mixture_accuracy"] - metrics["ensemble_accuracy"]
+    metrics["mixture_rows_sum_max_error"] = float(np.abs(mixed.sum(axis=1) - 1).max())
+    predictions = {
+        "base": np.argmax(out.base, axis=1),
+        "mixture": np.argmax(mixed, axis=1),
+        "router_probs": out.router,
+        "gate_weights": weights,
+    }
+    return metrics, predictions

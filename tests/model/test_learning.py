@@ -1,0 +1,85 @@
+"""Behaviour of trained models, cheap enough for every CI run (tiny images, tiny nets).
+
+Each check can fail for a real defect: a recipe that cannot learn, or gates that
+cannot tell a good expert from a bad one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from hmoe import nodes
+from hmoe.metrics import accuracy
+from hmoe.mixture import Outputs, embed
+from hmoe.params import load_params
+from tests.conftest import ROOT
+from tests.support.synthetic import make_images
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def params():
+    return load_params(ROOT / "params.yaml")
+
+
+def test_base_recipe_learns_synthetic_classes_well_above_chance(params):
+    keras.utils.set_random_seed(0)
+    x, y = make_images(40, seed=0)
+    xv, yv = make_images(10, seed=1)
+    arch = dataclasses.replace(params.net, width=8)
+    cfg = dataclasses.replace(params.base, epochs=4, batch_size=32, patience=4)
+    model = nodes.build_network(10, arch, cfg, seed=0, name="base", whitening_images=x)
+    summary = nodes.train_network(model, cfg, (x, y), (xv, yv))
+    assert summary["val_accuracy"] > 0.5  # chance is 0.1
+    assert summary["epochs_run"] == 4
+
+
+def test_router_head_on_frozen_trunk_changes_only_the_head(params):
+    keras.utils.set_random_seed(0)
+    x, y = make_images(12, seed=0)
+    arch = dataclasses.replace(params.net, width=4)
+    base = nodes.build_network(10, arch, params.base, seed=0, name="base", whitening_images=x)
+    cfg = dataclasses.replace(params.router, batch_size=32)
+    router = nodes.build_network(2, arch, cfg, seed=0, name="router", init=base)
+    before = {w.path: np.asarray(w).copy() for w in router.weights}
+    groups = nodes.group_labels(y, params.groups)
+    nodes.train_network(router, cfg, (x, groups), (x, groups))
+    after = {w.path: np.asarray(w) for w in router.weights}
+    changed = {p for p, w in before.items() if not np.array_equal(w, after[p])}
+    changed -= {p for p in changed if "seed_generator" in p}  # augmentation's RNG state
+    assert changed == {router.get_layer("logits").kernel.path}
+
+
+def test_gates_learn_to_trust_a_perfect_specialist_over_a_random_base(params):
+    keras.utils.set_random_seed(0)
+    groups = params.groups
+    rng = np.random.default_rng(0)
+
+    def outputs(n):
+        y = rng.integers(0, 10, n)
+        true_group = nodes.group_labels(y, groups)
+        base = rng.dirichlet(np.ones(10), n).astype(np.float32)
+        specs = []
+        for g, name in enumerate(groups.names):
+            ids = groups.class_ids(name)
+            local = np.full((n, len(ids)), 1.0 / len(ids), dtype=np.float32)
+            mine = true_group == g
+            local[mine] = 0.0
+            local[mine, [ids.index(c) for c in y[mine]]] = 1.0
+            specs.append(embed(local, ids, 10))
+        router = np.eye(len(groups.names), dtype=np.float32)[true_group]
+        return Outputs(router=router, base=base, specs=tuple(specs)), y
+
+    cfg = dataclasses.replace(params.gates, epochs=30, patience=30, learning_rate=0.01)
+    gates, summary = nodes.train_gates(groups, cfg, "hard", outputs(2000), outputs(500))
+    out, y = outputs(500)
+    for g, gate in enumerate(gates):
+        weights = np.asarray(gate.predict(out.gate_inputs(g), verbose=0))
+        assert weights[:, 1].mean() > 0.9, groups.names[g]
+    assert summary["val_accuracy"] > 0.95
+    assert accuracy(out.base, y) < 0.3  # the base really is useless here

@@ -1,0 +1,1 @@
+"""Test support code (synthetic CIFAR-10 writers): used by tests and benches, not shipped."""

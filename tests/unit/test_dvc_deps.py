@@ -1,0 +1,90 @@
+"""DVC reruns a stage whenever code it runs changes: every hmoe module a stage imports
+(transitively, including imports inside functions) must be a dep in dvc.yaml.
+
+A package folder listed as a dep (e.g. ``hmoe/data``) covers every module in it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+
+def _module_file(name: str) -> Path | None:
+    path = ROOT / Path(*name.split("."))
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return None
+
+
+def _imports(file: Path) -> set[str]:
+    """Project modules named by every import statement in ``file``."""
+    package = ".".join(file.relative_to(ROOT).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}
+    return {m for m in found if m.split(".")[0] in ("hmoe", "stages") and _module_file(m)}
+
+
+def closure(module: str) -> set[Path]:
+    """Files of ``module`` and of every project module it imports, transitively."""
+    todo, seen = [module], set()
+    while todo:
+        name = todo.pop()
+        file = _module_file(name)
+        if file is None or file in seen:
+            continue
+        seen.add(file)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run too
+        todo += sorted(_imports(file))
+    return {f.relative_to(ROOT) for f in seen}
+
+
+def _stages() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _covered(file: Path, deps: list[str]) -> bool:
+    return any(file == Path(d) or Path(d) in file.parents for d in deps)
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_stage_lists_every_module_it_imports(name):
+    spec = _stages()[name]
+    spec = spec.get("do", spec)
+    module = spec["cmd"].split()[2]
+    needed = {f for f in closure(module) if f.name != "__init__.py" or f.parent.name != "stages"}
+    missing = sorted(str(f) for f in needed if not _covered(f, spec["deps"]))
+    assert not missing, f"{name}: add to its deps in dvc.yaml: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_stage_lists_no_module_it_does_not_import(name):
+    """The converse: a listed module the stage never runs would rerun it for nothing."""
+    spec = _stages()[name]
+    spec = spec.get("do", spec)
+    needed = closure(spec["cmd"].split()[2])
+    code_deps = [d for d in spec["deps"] if d.endswith(".py") or d == "hmoe/data"]
+    extra = [d for d in code_deps if not any(f == Path(d) or Path(d) in f.parents for f in needed)]
+    assert not extra, f"{name}: remove from its deps in dvc.yaml: {extra}"
+
+
+def test_closure_follows_function_level_imports(tmp_path):
+    assert Path("hmoe/nets.py") in closure("stages.train_base")
+    assert Path("hmoe/serving.py") in closure("stages.evaluate")  # imported inside a function

@@ -1,0 +1,118 @@
+"""Stage edges: declared params, backup keys, atomic saves, datasets in MLflow,
+serving's input checks and params profiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from hmoe import paths, runner, startup, tracking
+from hmoe.data import save_split
+from hmoe.params import load_params
+from hmoe.profile import merged
+from hmoe.serving import to_images
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def params():
+    return load_params(ROOT / "params.yaml")
+
+
+def test_stage_params_are_exactly_the_declared_ones(monkeypatch, params):
+    monkeypatch.chdir(ROOT)
+    got = startup.stage_params("train_specialist@natural", params)
+    assert got["specialists.epochs"] == params.specialists.epochs
+    assert got["net.width"] == params.net.width
+    assert "groups.natural" in got
+    assert not any(k.startswith(("base.", "gates.", "mlflow.")) for k in got)
+    assert set(startup.stage_params("prepare", params)) == {
+        "data.source",
+        "data.val_size",
+        "data.gate_size",
+        "data.limit",
+        "data.split_seed",
+    }
+
+
+def test_backup_key_changes_with_params_and_stage():
+    a = runner._backup_key("train_base", {"base.epochs": 8})
+    assert a == runner._backup_key("train_base", {"base.epochs": 8})
+    assert a != runner._backup_key("train_base", {"base.epochs": 9})
+    assert a != runner._backup_key("train_router", {"base.epochs": 8})
+    assert "@" not in runner._backup_key("train_specialist@natural", {})
+
+
+def test_resolve_precision_auto_is_float32_on_cpu_and_explicit_wins():
+    assert startup.resolve_precision("auto")[0] == "float32"  # the test machines have no GPU
+    assert startup.resolve_precision("mixed_bfloat16") == ("mixed_bfloat16", "set in params.yaml")
+
+
+def test_save_model_is_atomic(tmp_path):
+    class Boom:
+        def save(self, path):
+            with open(path, "wb") as fh:
+                fh.write(b"half")
+            raise OSError("disk full")
+
+    target = tmp_path / "m.keras"
+    with pytest.raises(OSError, match="disk full"):
+        runner.save_model(Boom(), target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tracked_stage_logs_params_and_split_datasets(monkeypatch, tmp_path, params):
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-datasets")
+    rng = np.random.default_rng(0)
+    save_split(paths.TRAIN, rng.integers(0, 255, (20, 32, 32, 3), np.uint8), np.arange(20) % 10)
+    with runner.tracked_stage("train_base", params, {"train": paths.TRAIN}) as (reports, _):
+        run_id = tracking.mlflow.active_run().info.run_id
+    assert reports == paths.stage_reports("train_base")
+    run = MlflowClient().get_run(run_id)
+    assert run.data.params["base.epochs"] == str(params.base.epochs)
+    assert run.data.params["precision_used"] == "float32"
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.digest == tracking.file_md5(paths.TRAIN)
+    assert inp.dataset.name == "train"
+    assert inp.tags[0].value == "train"
+
+
+def test_to_images_accepts_arrays_and_flat_frames():
+    x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(to_images(x), x)
+    flat = pd.DataFrame(x.reshape(3, -1))
+    np.testing.assert_array_equal(to_images(flat), x)
+    assert to_images(x.astype(np.int64)).dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        (np.zeros((2, 28, 28, 3), np.uint8), "(N, 32, 32, 3)"),
+        (np.zeros((32, 32, 3), np.uint8), "(N, 32, 32, 3)"),
+        (np.full((1, 32, 32, 3), 300), "0..255"),
+        (np.full((1, 32, 32, 3), -1), "0..255"),
+    ],
+)
+def test_to_images_rejects_bad_input(bad, needle):
+    with pytest.raises(ValueError, match=None) as err:
+        to_images(bad)
+    assert needle in str(err.value)
+
+
+def test_profile_merge_is_deep_and_profiles_validate():
+    base = {"a": {"x": 1, "y": 2}, "b": 3}
+    assert merged(base, {"a": {"y": 5}}) == {"a": {"x": 1, "y": 5}, "b": 3}
+    assert base == {"a": {"x": 1, "y": 2}, "b": 3}  # the input is not mutated
+    from hmoe.params import parse_params
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for profile in sorted((ROOT / "profiles").glob("*.yaml")):
+        parse_params(merged(raw, yaml.safe_load(profile.read_text())))
