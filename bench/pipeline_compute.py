@@ -21,7 +21,8 @@ import keras
 import yaml
 
 from hmoe import nodes
-from hmoe.data import load_source, stratified_split
+from hmoe.data import load_source
+from hmoe.data.split import prepare_splits
 from hmoe.mixture import Mixture
 from hmoe.params import parse_params
 from hmoe.profile import merged
@@ -49,7 +50,7 @@ def load_params(args: argparse.Namespace):
     if args.limit:
         raw["data"]["limit"] = args.limit
     if args.val_size:
-        raw["data"]["val_size"] = args.val_size
+        raw["data"]["val_size"] = raw["data"]["gate_size"] = args.val_size
     if args.seed is not None:
         raw["seed"] = args.seed
     return parse_params(raw)
@@ -73,7 +74,7 @@ def main() -> None:
     ap.add_argument("--source", required=True)
     ap.add_argument("--smoke", action="store_true", help="1 epoch per network")
     ap.add_argument("--limit", type=int, help="override data.limit")
-    ap.add_argument("--val-size", type=int, help="override data.val_size")
+    ap.add_argument("--val-size", type=int, help="override data.val_size and data.gate_size")
     ap.add_argument("--seed", type=int, help="override seed")
     args = ap.parse_args()
     p = load_params(args)
@@ -83,9 +84,15 @@ def main() -> None:
     say("precision", f"{policy} ({why})")
     t0 = time.perf_counter()
     data = load_source(args.source)
-    x, y, xv, yv = stratified_split(
-        data.x_train, data.y_train, val_size=p.data.val_size, limit=p.data.limit, seed=p.seed
-    )
+    splits = prepare_splits(
+        data.x_train,
+        data.y_train,
+        val_size=p.data.val_size,
+        gate_size=p.data.gate_size,
+        limit=p.data.limit,
+        seed=p.data.split_seed,
+    )  # the same splits as the pipeline's prepare stage
+    (x, y), (xg, yg), (xv, yv) = splits["train"], splits["gate"], splits["val"]
     say("prepare_s", f"{time.perf_counter() - t0:.1f}")
     groups = p.groups
     base = timed_train(p, "base", p.base, len(groups.classes), (x, y), (xv, yv))
@@ -108,9 +115,9 @@ def main() -> None:
     experts = Mixture(
         router=router, base=base, specialists=specs, gates={}, groups=groups, tta=p.mixture.tta
     )
-    out_tr, out_val = experts.outputs(x), experts.outputs(xv)
+    out_gate, out_val = experts.outputs(xg), experts.outputs(xv)
     gates, summary = nodes.train_gates(
-        groups, p.gates, p.mixture.routing, (out_tr, y), (out_val, yv)
+        groups, p.gates, p.mixture.routing, (out_gate, yg), (out_val, yv)
     )
     say("gates", f"{time.perf_counter() - start:.1f} s, val acc {summary['val_accuracy']:.4f}")
     start = time.perf_counter()

@@ -139,7 +139,8 @@ def evaluate_mixture(mixture: Mixture, x: np.ndarray, y: np.ndarray) -> tuple[di
     """Test metrics of the mixture and its controls, and the predicted labels.
 
     Returns (metrics, predictions) with predictions ``{"base", "mixture"}`` -> labels,
-    plus the router's probabilities and every gate's weights for the report.
+    the router's probabilities and every gate's weights for the report, and the frozen
+    ``outputs`` and ``ensemble`` probabilities, from which evaluate builds its controls.
     """
     groups = mixture.groups
     out = mixture.outputs(x)
@@ -165,5 +166,7 @@ def evaluate_mixture(mixture: Mixture, x: np.ndarray, y: np.ndarray) -> tuple[di
         "mixture": np.argmax(mixed, axis=1),
         "router_probs": out.router,
         "gate_weights": weights,
+        "outputs": out,
+        "ensemble": probs["ensemble"],
     }
     return metrics, predictions

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 VAL_TAG = "val_accuracy"
+SPLIT_TAG = "split_digest"
 
 
 @dataclass(frozen=True)
@@ -47,21 +48,38 @@ def decide(
     return Decision(False, reason, candidate_val, champion_val, champion_version)
 
 
-def current_champion(client: MlflowClient, name: str = MIXTURE) -> tuple[str | None, float | None]:
+def current_champion(
+    client: MlflowClient, name: str = MIXTURE
+) -> tuple[str | None, float | None, str | None]:
+    """(version, val accuracy, split digest) of the champion, or Nones."""
     try:
         mv = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
-        return None, None
+        return None, None, None
     val = mv.tags.get(VAL_TAG)
-    return mv.version, (float(val) if val is not None else None)
+    return mv.version, (float(val) if val is not None else None), mv.tags.get(SPLIT_TAG)
 
 
-def apply_champion_rule(version: str, val_accuracy: float, name: str = MIXTURE) -> Decision:
-    """Tag the new version with its val accuracy; make it champion or challenger."""
+def apply_champion_rule(
+    version: str, val_accuracy: float, split_digest: str, name: str = MIXTURE
+) -> Decision:
+    """Tag the new version with its val accuracy and split; make it champion or challenger.
+
+    Accuracies measured on different validation images are not comparable, so a
+    champion scored on another split is never replaced automatically.
+    """
     client = MlflowClient()
     client.set_model_version_tag(name, version, VAL_TAG, f"{val_accuracy:.6f}")
-    champion_version, champion_val = current_champion(client, name)
-    decision = decide(val_accuracy, champion_val, champion_version)
+    client.set_model_version_tag(name, version, SPLIT_TAG, split_digest)
+    champion_version, champion_val, champion_split = current_champion(client, name)
+    if champion_version is not None and champion_split != split_digest:
+        reason = (
+            f"champion v{champion_version} was scored on another validation split "
+            f"({champion_split}); not compared: promote by hand if intended"
+        )
+        decision = Decision(False, reason, val_accuracy, champion_val, champion_version)
+    else:
+        decision = decide(val_accuracy, champion_val, champion_version)
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
         client.set_model_version_tag(name, version, "champion_rule", decision.reason)

@@ -26,6 +26,8 @@ HEADLINE = (
     ("mixture_accuracy", "mixture"),
     ("base_accuracy", "base"),
     ("ensemble_accuracy", "ensemble (base + specialists, no routing)"),
+    ("product_control_accuracy", "router x specialist, no gates"),
+    ("equal_gates_control_accuracy", "equal gates (1/2 base, 1/2 specialist)"),
     ("oracle_accuracy", "oracle routing (true group)"),
     ("hard_accuracy", "hard routing"),
     ("soft_accuracy", "soft routing"),
@@ -115,6 +117,7 @@ def write_report(
     classes: Sequence[str],
     group_names: Sequence[str],
     histories: Mapping[str, pd.DataFrame],
+    best_control: str | None = None,
 ) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(classes)
@@ -156,6 +159,7 @@ def write_report(
     ]
     md = ["# hmoe report (test split)", "", "| figure | value |", "|---|---|"]
     md += [f"| {label} | {value:.4f} |" for label, value in rows]
+    md += _lift_table(metrics, best_control)
     for name in figures:
         md += ["", f"![{name}]({name})"]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
@@ -171,6 +175,28 @@ def write_report(
     written += [out_dir / "report.md", out_dir / "report.html"]
     logger.info("report written to %s", out_dir)
     return written
+
+
+def _lift_table(metrics: Mapping[str, float], best_control: str | None) -> list[str]:
+    """Paired statistics of the mixture's lift (bootstrap 95 % interval, McNemar p)."""
+    against = [("vs_base", "base"), ("vs_best_control", f"best control ({best_control})")]
+    lines = [
+        "",
+        "## Is the lift real? (paired, on the same test images)",
+        "",
+        "| mixture vs | difference | 95 % interval | only mixture right | only other right "
+        "| McNemar p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, label in against:
+        if f"{key}_diff" not in metrics:
+            continue
+        lines.append(
+            f"| {label} | {metrics[f'{key}_diff']:+.4f} | {metrics[f'{key}_ci_low']:+.4f} .. "
+            f"{metrics[f'{key}_ci_high']:+.4f} | {metrics[f'{key}_only_a']:.0f} | "
+            f"{metrics[f'{key}_only_b']:.0f} | {metrics[f'{key}_mcnemar_p']:.3g} |"
+        )
+    return lines if len(lines) > 5 else []
 
 
 def read_histories(reports: Path) -> dict[str, pd.DataFrame]:

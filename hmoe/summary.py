@@ -53,6 +53,26 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str], by: str | None = None) -
     return values.agg(["mean", "std", "min", "max", "count"]).T
 
 
+def paired_lift(df: pd.DataFrame, a: str = "mixture_accuracy", b: str = "base_accuracy") -> dict:
+    """Paired t-test of ``a`` vs ``b`` across experiments (e.g. seeds), with a 95 % interval.
+
+    Each experiment contributes one paired difference, so seed-to-seed variation that
+    moves both models together cancels out.
+    """
+    from scipy import stats
+
+    pairs = df[[a, b]].apply(pd.to_numeric, errors="coerce").dropna()
+    d = pairs[a] - pairs[b]
+    n = len(d)
+    if n < 2:
+        raise ValueError(f"a paired test needs at least 2 experiments with {a} and {b}, got {n}")
+    sem = d.std(ddof=1) / n**0.5
+    half = float(stats.t.ppf(0.975, n - 1) * sem)
+    p = float(stats.ttest_rel(pairs[a], pairs[b]).pvalue) if sem > 0 else float("nan")
+    return {"n": n, "mean_diff": float(d.mean()), "ci_low": float(d.mean()) - half,
+            "ci_high": float(d.mean()) + half, "p_value": p}  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import dvc.api
 
@@ -66,6 +86,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 160):
         print(f"{len(df)} experiments")  # noqa: T201  (a CLI's output)
         print(summarise(df, args.metrics, args.by))  # noqa: T201
+        if len(df) > 1 and {"mixture_accuracy", "base_accuracy"} <= set(df):
+            t = paired_lift(df)
+            print(  # noqa: T201
+                f"mixture - base over {t['n']} experiments: {t['mean_diff']:+.4f} "
+                f"(95 % CI {t['ci_low']:+.4f} .. {t['ci_high']:+.4f}, "
+                f"paired t-test p={t['p_value']:.3g})"
+            )
 
 
 if __name__ == "__main__":

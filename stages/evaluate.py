@@ -18,6 +18,7 @@ import pandas as pd
 
 import hmoe
 from hmoe import modelset, paths, runner, tracking
+from hmoe.controls import control_predictions, paired_metrics
 from hmoe.data import load_split
 from hmoe.data.storage import atomic_write, write_json
 from hmoe.metrics import confusion, per_class_accuracy
@@ -77,10 +78,15 @@ def main() -> None:
     classes = list(groups.classes)
     with runner.tracked_stage(STAGE, params, {"test": paths.TEST}) as (_, parent):
         metrics, pred = evaluate_mixture(mix, x, y)
+        controls = control_predictions(pred["outputs"], mix.routing, pred["ensemble"])
+        paired = paired_metrics(pred["mixture"], controls, y, seed=params.seed)
+        best_control = str(paired.pop("best_control"))
+        metrics |= paired
         timings = time_inference(mix, x[:TIMED_IMAGES])
         write_plots(y, pred, classes)
         write_json(paths.METRICS, metrics)
         tracking.mlflow.log_metrics(metrics | timings)
+        tracking.mlflow.set_tag("best_control", best_control)
         cm = confusion(y, pred["mixture"], len(classes))
         tracking.mlflow.log_dict({"classes": classes, "matrix": cm.tolist()}, "confusion.json")
         tracking.mlflow.log_artifact(str(paths.PER_CLASS))
@@ -95,22 +101,30 @@ def main() -> None:
             classes=classes,
             group_names=groups.names,
             histories=read_histories(paths.REPORTS),
+            best_control=best_control,
         )
         if params.mlflow.register:
             version = register_mixture(params, x[:2])
             val = json.loads((paths.stage_reports("train_gates") / "metrics.json").read_text())
-            decision = apply_champion_rule(version, float(val["val_accuracy"]))
+            split = tracking.file_md5(paths.VAL)
+            decision = apply_champion_rule(version, float(val["val_accuracy"]), split)
             tracking.mlflow.log_dict(dataclasses.asdict(decision), "champion_rule.json")
     link_lineage(parent, params)
     for f in report_files:
         tracking.MlflowClient().log_artifact(parent, str(f), "report")
+    tracking.MlflowClient().set_tag(parent, "best_control", best_control)
     tracking.finish_parent(parent, metrics)
     logger.info(
-        "test accuracy: mixture %.4f, base %.4f, ensemble %.4f, router %.4f",
+        "test accuracy: mixture %.4f, base %.4f, router %.4f; mixture - base %+.4f "
+        "(95 %% CI %+.4f .. %+.4f, McNemar p=%.3g); best control %s",
         metrics["mixture_accuracy"],
         metrics["base_accuracy"],
-        metrics["ensemble_accuracy"],
         metrics["router_accuracy"],
+        metrics["vs_base_diff"],
+        metrics["vs_base_ci_low"],
+        metrics["vs_base_ci_high"],
+        metrics["vs_base_mcnemar_p"],
+        best_control,
     )
 
 

@@ -30,12 +30,22 @@ def _new_version(client, tmp_path) -> str:
 
 def test_champion_alias_follows_val_accuracy(client, tmp_path):
     v1 = _new_version(client, tmp_path)
-    assert registry.apply_champion_rule(v1, 0.80).promote
+    assert registry.apply_champion_rule(v1, 0.80, "split-a").promote
     v2 = _new_version(client, tmp_path)
-    assert not registry.apply_champion_rule(v2, 0.79).promote
+    assert not registry.apply_champion_rule(v2, 0.79, "split-a").promote
     assert "challenger" in client.get_model_version(registry.MIXTURE, v2).tags
     assert client.get_model_version_by_alias(registry.MIXTURE, "champion").version == v1
     v3 = _new_version(client, tmp_path)
-    d = registry.apply_champion_rule(v3, 0.85)
+    d = registry.apply_champion_rule(v3, 0.85, "split-a")
     assert d.promote and d.champion_version == v1 and d.champion_val == pytest.approx(0.80)
     assert client.get_model_version_by_alias(registry.MIXTURE, "champion").version == v3
+
+
+def test_champion_scored_on_another_split_is_not_compared(client, tmp_path):
+    v1 = _new_version(client, tmp_path)
+    assert registry.apply_champion_rule(v1, 0.80, "split-a").promote
+    v2 = _new_version(client, tmp_path)
+    d = registry.apply_champion_rule(v2, 0.99, "split-b")  # better, but on other images
+    assert not d.promote and "another validation split" in d.reason
+    assert client.get_model_version_by_alias(registry.MIXTURE, "champion").version == v1
+    assert client.get_model_version(registry.MIXTURE, v2).tags["split_digest"] == "split-b"

@@ -50,3 +50,16 @@ def test_summary_by_param_and_errors():
         summarise(frame(ROWS), ["mixture_accuracy"], by="nope")
     with pytest.raises(ValueError, match="none of"):
         summarise(frame(ROWS), ["nope"])
+
+
+def test_paired_lift_across_experiments():
+    from hmoe.summary import paired_lift
+
+    df = frame(ROWS)  # diffs 0.06 and 0.07
+    t = paired_lift(df)
+    assert t["n"] == 2
+    assert t["mean_diff"] == pytest.approx(0.065)
+    # t(0.975, 1) = 12.706; sem = 0.00707107 / sqrt(2) = 0.005
+    assert t["ci_high"] - t["mean_diff"] == pytest.approx(12.706 * 0.005, rel=1e-3)
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_lift(df.iloc[:1])
