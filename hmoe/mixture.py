@@ -149,7 +149,7 @@ class Mixture:
         return Outputs(
             router=self._predict(self.router, x),
             base=self._predict(self.base, x),
-            specs=tuple(self._spec(g, x) for g in range(len(self.specialists))),
+            specs=self._specs(x),
         )
 
     def gate_weights(self, out: Outputs) -> list[np.ndarray]:
@@ -163,13 +163,26 @@ class Mixture:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Mixture probabilities; hard routing runs each branch on its share only."""
+        return self.predict_details(x).probs
+
+    def predict_details(self, x: np.ndarray) -> Prediction:
+        """Probabilities plus how they were reached: the group the router chose, its
+        probability, and the weight the chosen group's gate gave its specialist.
+        """
         if not self.gates:
             raise ValueError("this Mixture has no gates: train them (`dvc repro train_gates`)")
+        router = self._predict(self.router, x)
+        route = np.argmax(router, axis=1)
+        chosen = router[np.arange(len(x)), route]
         if self.routing == "soft":
-            return self.predict_dense(x)
-        route = np.argmax(self._predict(self.router, x), axis=1)
+            out = Outputs(router=router, base=self._predict(self.base, x), specs=self._specs(x))
+            weights = self.gate_weights(out)
+            probs = combine(route_weights(router, "soft"), weights, out.base, out.specs)
+            spec_w = np.stack([w[:, 1] for w in weights], axis=1)[np.arange(len(x)), route]
+            return Prediction(probs, route, chosen, spec_w)
         base = self._predict(self.base, x)
-        probs = np.empty_like(base)
+        probs = np.zeros_like(base)
+        spec_w = np.zeros(len(x), dtype=np.float32)
         for g in range(len(self.gates)):
             idx = np.flatnonzero(route == g)
             if idx.size == 0:
@@ -177,4 +190,18 @@ class Mixture:
             spec = self._spec(g, x[idx])
             w = self._predict(self.gates[g], np.concatenate([base[idx], spec], axis=1))
             probs[idx] = branch_probs(w, base[idx], spec)
-        return probs
+            spec_w[idx] = w[:, 1]
+        return Prediction(probs, route, chosen, spec_w)
+
+    def _specs(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(self._spec(g, x) for g in range(len(self.specialists)))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the served mixture returns per image (arrays of length N)."""
+
+    probs: np.ndarray  # (N, C) mixture distribution
+    group: np.ndarray  # (N,) index of the group the router chose
+    group_prob: np.ndarray  # (N,) the router's probability of that group
+    specialist_weight: np.ndarray  # (N,) the chosen group's gate weight on its specialist

@@ -31,20 +31,44 @@ def mixture_config(groups, mixture_params) -> dict[str, Any]:
     }
 
 
-def to_images(model_input: Any) -> np.ndarray:
-    """Accept an (N, 32, 32, 3) array, or a DataFrame of flattened pixel rows."""
+MAX_BATCH = 1024  # images per request: bounds a request's memory and latency
+
+
+class InputError(ValueError):
+    """A request the model cannot answer; the message says what is expected."""
+
+
+def to_images(model_input: Any, *, max_batch: int = MAX_BATCH) -> np.ndarray:
+    """Accept (N, 32, 32, 3) pixel values 0..255 (any numeric dtype holding integers),
+    or a DataFrame of flattened pixel rows; refuse everything else with a message.
+    """
     if isinstance(model_input, pd.DataFrame):
         model_input = model_input.to_numpy()
-    x = np.asarray(model_input)
+    try:
+        x = np.asarray(model_input)
+    except ValueError as err:  # ragged nesting
+        raise InputError(f"images must be a rectangular array: {err}") from None
     if x.ndim == 2 and x.shape[1] == int(np.prod(IMAGE_SHAPE)):
         x = x.reshape((-1, *IMAGE_SHAPE))
     if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"expected uint8 images of shape (N, 32, 32, 3), got {x.shape}")
-    if x.dtype != np.uint8:
-        if x.min() < 0 or x.max() > 255:
-            raise ValueError("pixel values must be in 0..255")
-        x = x.astype(np.uint8)
-    return x
+        raise InputError(
+            f"expected images of shape (N, 32, 32, 3) with pixel values 0..255, got shape "
+            f"{x.shape}; resize to 32x32 RGB first"
+        )
+    if len(x) == 0:
+        raise InputError("empty batch: send at least one (32, 32, 3) image")
+    if len(x) > max_batch:
+        raise InputError(f"batch of {len(x)} images is over the cap of {max_batch}; split it")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise InputError(f"pixel values must be numbers 0..255, got dtype {x.dtype}")
+    if x.dtype == np.uint8:
+        return x
+    if np.isnan(x).any() or x.min() < 0 or x.max() > 255:
+        raise InputError("pixel values must be in 0..255 (uint8 RGB)")
+    if not np.array_equal(x, np.round(x)):
+        hint = " (images scaled to [0, 1]: multiply by 255)" if x.max() <= 1 else ""
+        raise InputError(f"pixel values must be integers 0..255, got fractions{hint}")
+    return x.astype(np.uint8)
 
 
 class MixturePyfunc(mlflow.pyfunc.PythonModel):
@@ -67,12 +91,21 @@ class MixturePyfunc(mlflow.pyfunc.PythonModel):
             groups, routing=cfg["routing"], tta=cfg.get("tta", 0), files=files
         )
 
+        self.group_names = list(groups.names)
+
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        probs = self.mixture.predict_proba(to_images(model_input))
-        return predictions_frame(probs, self.classes)
+        pred = self.mixture.predict_details(to_images(model_input))
+        return predictions_frame(pred, self.classes, self.group_names)
 
 
-def predictions_frame(probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    frame = pd.DataFrame(probs.astype(np.float64), columns=classes)
-    frame["label"] = [classes[i] for i in np.argmax(probs, axis=1)]
+def predictions_frame(pred, classes: list[str], group_names: list[str]) -> pd.DataFrame:
+    """One row per image: every class's probability, the class name, the group the
+    router chose with its probability, and the weight that group's gate put on its
+    specialist.
+    """
+    frame = pd.DataFrame(pred.probs.astype(np.float64), columns=classes)
+    frame["label"] = [classes[i] for i in np.argmax(pred.probs, axis=1)]
+    frame["group"] = [group_names[g] for g in pred.group]
+    frame["group_probability"] = pred.group_prob.astype(np.float64)
+    frame["specialist_weight"] = pred.specialist_weight.astype(np.float64)
     return frame

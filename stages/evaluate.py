@@ -143,14 +143,25 @@ def register_mixture(params: Params, example: np.ndarray) -> str:
     """Log and register the assembled mixture as a pyfunc (`hmoe-mixture`)."""
     from mlflow.models import infer_signature
 
+    from hmoe.mixture import Prediction
     from hmoe.serving import MixturePyfunc, mixture_config, predictions_frame
 
     names = params.groups.names
     write_json(CONFIG_FILE, mixture_config(params.groups, params.mixture))
     files = modelset.model_files(names)
     arts = {name: str(path) for name, path in files.items()} | {"config": str(CONFIG_FILE)}
-    probs = np.full((len(example), len(params.groups.classes)), 0.1, dtype=np.float32)
-    signature = infer_signature(example, predictions_frame(probs, list(params.groups.classes)))
+    n, n_classes = len(example), len(params.groups.classes)
+    dummy = Prediction(
+        probs=np.full((n, n_classes), 1 / n_classes, dtype=np.float32),
+        group=np.zeros(n, dtype=np.int64),
+        group_prob=np.ones(n, dtype=np.float32),
+        specialist_weight=np.full(n, 0.5, dtype=np.float32),
+    )
+    # float64 input, so a request's floats reach the model's own check (a uint8 signature
+    # would silently cast 0.5 to 0); integers 0..255 in any dtype are accepted.
+    example = example.astype(np.float64)
+    outputs = predictions_frame(dummy, list(params.groups.classes), list(names))
+    signature = infer_signature(example, outputs)
     info = tracking.mlflow.pyfunc.log_model(
         name="mixture",
         python_model=MixturePyfunc(),

@@ -6,20 +6,19 @@ One module-scoped pipeline run (about 3-4 minutes on 2 cores) feeds every check.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from hmoe import tracking
-from tests.conftest import ROOT
-from tests.support.synthetic import write_class_folder_tree
+from hmoe.data.constants import CIFAR10_CLASSES as CLASSES
+from tests.support.tinyrepo import base_env, make_repo, predict_in_fresh_process
+from tests.support.tinyrepo import run as _run
 
 pytestmark = pytest.mark.pipeline
 STAGES = {
@@ -42,56 +41,11 @@ MODELS = [
 ]
 
 
-def _run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> str:
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
-
-
-def _tracked_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
-    skip = ("tests/", ".ci/", ".dvc/", "bench/", "profiles/", "scripts/")
-    files = [f for f in out.stdout.splitlines() if f and not f.startswith(skip)]
-    return [f for f in files if f != "dvc.lock" and not f.startswith("reports/")]
-
-
-def tiny_params(source: Path) -> dict:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["data"].update(source=str(source), val_size=60, gate_size=60, limit=None)
-    raw["net"]["width"] = 4
-    for net in ("base", "specialists", "router"):
-        raw[net].update(epochs=1, batch_size=32)
-    raw["gates"].update(epochs=2, hidden=4)
-    raw["mlflow"].update(experiment="hmoe-test")
-    return raw
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    repo = root / "repo"
-    for rel in _tracked_files():
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, repo / rel)
-    source = write_class_folder_tree(
-        root / "src", train_per_class=24, test_per_class=6, seed=0, as_zip=True
-    )
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(source), sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env |= {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": str(repo),
-    }
-    _run(["git", "init", "-q"], repo, env)
-    _run(["dvc", "init", "-q"], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-qm", "tiny"], repo, env)
+    env = base_env(root / "repo")
+    repo = make_repo(root, "hmoe-test", env)
     log = _run(["dvc", "repro"], repo, env, timeout=1200)
     return repo, env, log
 
@@ -177,32 +131,52 @@ def test_every_network_is_registered_and_tagged(repo, client):
     assert locked["md5"] == base.tags["dvc_md5"]
 
 
-def test_mixture_loads_in_a_fresh_process(repo):
+def test_pyfunc_in_a_fresh_process_scores_what_evaluate_reports(repo):
     root, env, _ = repo
-    script = (
-        "import json, mlflow, numpy as np\n"
-        f"mlflow.set_tracking_uri('sqlite:///{root / 'mlflow.db'}')\n"
-        "m = mlflow.pyfunc.load_model('models:/hmoe-mixture/1')\n"
-        "x = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)\n"
-        "df = m.predict(x)\n"
-        "probs = df.drop(columns='label')\n"
-        "print(json.dumps({'cols': list(df.columns), 'sums': probs.sum(axis=1).tolist(),"
-        " 'labels': df['label'].tolist(), 'argmax': list(probs.idxmax(axis=1))}))\n"
+    res = predict_in_fresh_process(
+        f"sqlite:///{root / 'mlflow.db'}",
+        "models:/hmoe-mixture@champion",
+        root / "data/prepared/test.npz",
+        root.parent,
+        env,
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=root.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["cols"][-1] == "label" and res["cols"][0] == "airplane" and len(res["cols"]) == 11
-    assert all(abs(s - 1) < 1e-4 for s in res["sums"])
-    assert res["labels"] == res["argmax"]
+    classes = res["columns"][:10]
+    assert classes[0] == "airplane" and len(classes) == 10
+    assert res["columns"][10:] == ["label", "group", "group_probability", "specialist_weight"]
+    for row in res["records"]:
+        assert sum(row[c] for c in classes) == pytest.approx(1.0, abs=1e-4)
+        assert row["label"] == max(classes, key=row.get)
+        assert row["group"] in ("artificial", "natural")
+        assert 0 <= row["specialist_weight"] <= 1 and 0 < row["group_probability"] <= 1
+    labels = [classes.index(r["label"]) for r in res["records"]]
+    served = sum(p == t for p, t in zip(labels, res["y"], strict=True)) / len(labels)
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert served == pytest.approx(metrics["mixture_accuracy"])  # same TTA, same routing
+
+
+def test_cli_predicts_image_files(repo, tmp_path):
+    from PIL import Image
+
+    root, env, _ = repo
+    rng = np.random.default_rng(0)
+    files = [tmp_path / "small.png", tmp_path / "big.jpg"]
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(files[0])
+    Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(files[1])
+    cli_env = env | {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "hmoe.cli", "predict", *map(str, files)],
+        cwd=root, env=cli_env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].split()[:2] == ["file", "class"] and len(lines) == 3
+    assert lines[1].split()[1] in CLASSES and lines[2].split()[0].endswith("big.jpg")
+    assert "big.jpg: 48x64 RGB -> 32x32 RGB" in proc.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "hmoe.cli", "predict", str(tmp_path / "missing.png")],
+        cwd=root, env=cli_env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "no such file" in bad.stderr
 
 
 def _ran(out: str) -> set[str]:

@@ -13,7 +13,7 @@ from hmoe import paths, runner, startup, tracking
 from hmoe.data import save_split
 from hmoe.params import load_params
 from hmoe.profile import merged
-from hmoe.serving import to_images
+from hmoe.serving import InputError, to_images
 from tests.conftest import ROOT
 
 
@@ -99,12 +99,22 @@ def test_to_images_accepts_arrays_and_flat_frames():
         (np.zeros((32, 32, 3), np.uint8), "(N, 32, 32, 3)"),
         (np.full((1, 32, 32, 3), 300), "0..255"),
         (np.full((1, 32, 32, 3), -1), "0..255"),
+        (np.full((1, 32, 32, 3), 0.5), "multiply by 255"),
+        (np.full((1, 32, 32, 3), 12.5), "integers 0..255"),
+        (np.zeros((0, 32, 32, 3)), "empty batch"),
+        (np.zeros((3, 32, 32, 3)), "cap of 2"),
+        (np.full((1, 32, 32, 3), "a"), "numbers 0..255"),
     ],
 )
 def test_to_images_rejects_bad_input(bad, needle):
-    with pytest.raises(ValueError, match=None) as err:
-        to_images(bad)
+    with pytest.raises(InputError, match=None) as err:
+        to_images(bad, max_batch=2)
     assert needle in str(err.value)
+
+
+def test_to_images_accepts_integral_floats_as_json_gives_them():
+    x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float64)
+    np.testing.assert_array_equal(to_images(x), x.astype(np.uint8))
 
 
 def test_profile_merge_is_deep_and_profiles_validate():

@@ -211,3 +211,16 @@ def test_tta_changes_predictions_but_keeps_distributions(images):
 def test_predict_without_gates_raises(images):
     with pytest.raises(ValueError, match="no gates"):
         _mixture(gates=False).predict_proba(images)
+
+
+@pytest.mark.parametrize("routing", ["hard", "soft"])
+def test_predict_details_agree_with_dense_outputs(images, routing):
+    mix = _mixture(routing=routing, tta=1)
+    details = mix.predict_details(images)
+    np.testing.assert_allclose(details.probs, mix.predict_dense(images), atol=1e-5)
+    out = mix.outputs(images)
+    np.testing.assert_array_equal(details.group, out.router.argmax(axis=1))
+    np.testing.assert_allclose(details.group_prob, out.router.max(axis=1), atol=1e-6)
+    weights = mix.gate_weights(out)
+    expected = [weights[g][i, 1] for i, g in enumerate(details.group)]
+    np.testing.assert_allclose(details.specialist_weight, expected, atol=1e-6)

@@ -1,0 +1,195 @@
+"""Team mode with real servers: PostgreSQL + S3 (SeaweedFS) + `mlflow server`, a DVC S3
+remote, a git remote for experiments, and the champion served over HTTP.
+
+Everything runs on loopback ports; every process the tier starts is stopped by PID
+(hmoe.teamstack.stop_tree), also when a check fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hmoe import teamstack
+from tests.support.tinyrepo import base_env, make_repo, predict_in_fresh_process, run
+
+pytestmark = pytest.mark.team
+MODELS = {"hmoe-base", "hmoe-router", "hmoe-mixture"}
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    with teamstack.stack(tmp_path_factory.mktemp("stack")) as env:
+        yield dict(env)
+
+
+def _add_remote(repo: Path, services: dict, env: dict) -> None:
+    """DVC's S3 remote: URL and endpoint committed, credentials only in .dvc/config.local."""
+    bucket, endpoint = services["HMOE_S3_BUCKET"], services["MLFLOW_S3_ENDPOINT_URL"]
+    run(["dvc", "remote", "add", "-f", "-d", "store", f"s3://{bucket}/dvc"], repo, env)
+    run(["dvc", "remote", "modify", "store", "endpointurl", endpoint], repo, env)
+    for key, var in (
+        ("access_key_id", "AWS_ACCESS_KEY_ID"),
+        ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+    ):
+        run(["dvc", "remote", "modify", "--local", "store", key, services[var]], repo, env)
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory, services):
+    """The tiny pipeline run against the stack, pushed to the DVC and git remotes."""
+    root = tmp_path_factory.mktemp("team")
+    env = base_env(root / "repo") | {"MLFLOW_TRACKING_URI": services["MLFLOW_TRACKING_URI"]}
+    env |= {k: v for k, v in services.items() if k.startswith(("AWS_", "MLFLOW_S3"))}
+    repo = make_repo(root, "hmoe-team", env)
+    _add_remote(repo, services, env)
+    origin = root / "origin.git"
+    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], root, env)
+    run(["git", "remote", "add", "origin", str(origin)], repo, env)
+    run(["dvc", "repro"], repo, env, timeout=1200)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "tiny run"], repo, env)
+    run(["dvc", "push"], repo, env)
+    run(["git", "push", "-q", "origin", "main"], repo, env)
+    return {"root": root, "repo": repo, "origin": origin, "env": env}
+
+
+def _client(services):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=services["MLFLOW_TRACKING_URI"])
+
+
+def test_runs_models_and_artifacts_land_on_the_server(team, services):
+    client = _client(services)
+    exp = client.get_experiment_by_name("hmoe-team")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("hmoe_role") == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len([r for r in runs if r.data.tags.get("hmoe_role") == "stage"]) == 7
+    names = {m.name for m in client.search_registered_models()}
+    assert names >= MODELS
+    champion = client.get_model_version_by_alias("hmoe-mixture", "champion")
+    assert champion.source.startswith(("models:/", "mlflow-artifacts:"))
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=services["MLFLOW_S3_ENDPOINT_URL"],
+        aws_access_key_id=services["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=services["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="hmoe", Prefix="mlflow/")
+        for o in page.get("Contents", [])
+    ]
+    assert any(k.endswith("report.md") for k in keys)
+    assert any(k.endswith(".keras") for k in keys)
+    dvc_keys = s3.list_objects_v2(Bucket="hmoe", Prefix="dvc/").get("KeyCount", 0)
+    assert dvc_keys >= 10  # splits and every model file
+
+
+def test_teammate_clone_pulls_and_has_nothing_to_rerun(team, services):
+    clone = team["root"] / "clone"
+    env = team["env"] | {"PYTHONPATH": str(clone)}
+    run(["git", "clone", "-q", str(team["origin"]), str(clone)], team["root"], env)
+    for key, var in (
+        ("access_key_id", "AWS_ACCESS_KEY_ID"),
+        ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+    ):
+        run(["dvc", "remote", "modify", "--local", "store", key, services[var]], clone, env)
+    assert not (clone / "models").exists()  # an empty cache and workspace
+    run(["dvc", "pull"], clone, env)
+    assert (clone / "models/base.keras").is_file()
+    status = run(["dvc", "status"], clone, env)
+    assert "up to date" in status, status
+    assert "Running stage" not in run(["dvc", "repro"], clone, env)
+
+
+def test_experiments_travel_through_the_git_remote(team):
+    repo, env = team["repo"], team["env"]
+    run(["dvc", "exp", "run", "-S", "gates.learning_rate=0.01", "-n", "team-lr"], repo, env)
+    run(["dvc", "exp", "push", "origin", "team-lr"], repo, env)
+    other = team["root"] / "other"
+    run(["git", "clone", "-q", str(team["origin"]), str(other)], team["root"], env)
+    run(["dvc", "exp", "pull", "origin", "team-lr"], other, env | {"PYTHONPATH": str(other)})
+    assert "team-lr" in run(["dvc", "exp", "list", "--all-commits"], other, env)
+
+
+def _post(url: str, payload) -> tuple[int, str]:
+    import requests
+
+    body = payload if isinstance(payload, str) else json.dumps(payload)
+    r = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=120)
+    return r.status_code, r.text
+
+
+@pytest.fixture(scope="module")
+def served(team, services):
+    """`mlflow models serve` of the champion, through the tracking server."""
+    port = teamstack.free_port()
+    log = team["root"] / "serve.log"
+    env = team["env"] | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/hmoe-mixture@champion",
+        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1",
+    ]  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=team["root"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        teamstack.wait_http(f"http://127.0.0.1:{port}/ping", 180, proc, "mlflow models serve", log)
+        yield f"http://127.0.0.1:{port}/invocations"
+    finally:
+        teamstack.stop_tree(proc)
+
+
+def test_champion_answers_http_like_in_process(team, services, served):
+    repo = team["repo"]
+    local = predict_in_fresh_process(
+        services["MLFLOW_TRACKING_URI"],
+        "models:/hmoe-mixture@champion",
+        repo / "data/prepared/test.npz",
+        team["root"],
+        team["env"],
+    )
+    with np.load(repo / "data/prepared/test.npz") as npz:
+        x = npz["x"][:8]
+    for payload in ({"inputs": x.tolist()}, {"instances": x.tolist()}):
+        status, text = _post(served, payload)
+        assert status == 200, text[:500]
+        rows = json.loads(text)["predictions"]
+        assert [r["label"] for r in rows] == [r["label"] for r in local["records"][:8]]
+        assert [r["group"] for r in rows] == [r["group"] for r in local["records"][:8]]
+        np.testing.assert_allclose(
+            [r["airplane"] for r in rows], [r["airplane"] for r in local["records"][:8]], atol=1e-5
+        )
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        ({"inputs": (np.full((2, 32, 32, 3), 0.5)).tolist()}, "multiply by 255"),
+        ({"inputs": np.zeros((2, 28, 28, 3)).tolist()}, "32"),
+        ({"inputs": np.zeros((0, 32, 32, 3)).tolist()}, "empty batch"),
+        ({"inputs": np.zeros((1025, 32, 32, 3), dtype=np.uint8).tolist()}, "cap of 1024"),
+        ({"inputs": np.full((1, 32, 32, 3), 300).tolist()}, "0..255"),
+        ("{not json", ""),
+    ],
+)
+def test_malformed_requests_get_a_4xx_that_says_what_is_expected(served, payload, needle):
+    status, text = _post(served, payload)
+    assert 400 <= status < 500, (status, text[:300])
+    assert re.search(re.escape(needle), text), text[:500]
+    ok, _ = _post(served, {"inputs": np.zeros((1, 32, 32, 3), dtype=np.uint8).tolist()})
+    assert ok == 200  # the server keeps serving
