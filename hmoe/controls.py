@@ -44,7 +44,10 @@ def paired_metrics(
     """Mixture vs base and vs the best fair control: paired bootstrap CI and McNemar p."""
     acc = {k: float(np.mean(p == y)) for k, p in controls.items()}
     best = max((k for k in controls if k != "base"), key=acc.__getitem__)
-    out: dict[str, float | str] = {f"{k}_control_accuracy": v for k, v in acc.items()}
+    # base and ensemble accuracies are already headline metrics: add only the new controls
+    out: dict[str, float | str] = {
+        f"{k}_control_accuracy": v for k, v in acc.items() if k not in ("base", "ensemble")
+    }
     out |= compare(mixture_pred, controls["base"], y, seed).as_metrics("vs_base")
     out |= compare(mixture_pred, controls[best], y, seed).as_metrics("vs_best_control")
     out["best_control"] = best

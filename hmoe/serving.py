@@ -48,6 +48,8 @@ def to_images(model_input: Any, *, max_batch: int = MAX_BATCH) -> np.ndarray:
         x = np.asarray(model_input)
     except ValueError as err:  # ragged nesting
         raise InputError(f"images must be a rectangular array: {err}") from None
+    if x.size == 0:
+        raise InputError("empty batch: send at least one (32, 32, 3) image")
     if x.ndim == 2 and x.shape[1] == int(np.prod(IMAGE_SHAPE)):
         x = x.reshape((-1, *IMAGE_SHAPE))
     if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
@@ -55,8 +57,6 @@ def to_images(model_input: Any, *, max_batch: int = MAX_BATCH) -> np.ndarray:
             f"expected images of shape (N, 32, 32, 3) with pixel values 0..255, got shape "
             f"{x.shape}; resize to 32x32 RGB first"
         )
-    if len(x) == 0:
-        raise InputError("empty batch: send at least one (32, 32, 3) image")
     if len(x) > max_batch:
         raise InputError(f"batch of {len(x)} images is over the cap of {max_batch}; split it")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):

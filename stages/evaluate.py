@@ -141,7 +141,7 @@ def link_lineage(parent: str, params: Params) -> None:
 
 def register_mixture(params: Params, example: np.ndarray) -> str:
     """Log and register the assembled mixture as a pyfunc (`hmoe-mixture`)."""
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
 
     from hmoe.mixture import Prediction
     from hmoe.serving import MixturePyfunc, mixture_config, predictions_frame
@@ -157,11 +157,11 @@ def register_mixture(params: Params, example: np.ndarray) -> str:
         group_prob=np.ones(n, dtype=np.float32),
         specialist_weight=np.full(n, 0.5, dtype=np.float32),
     )
-    # float64 input, so a request's floats reach the model's own check (a uint8 signature
-    # would silently cast 0.5 to 0); integers 0..255 in any dtype are accepted.
-    example = example.astype(np.float64)
+    # Outputs only: MLflow enforces an input schema by casting (a uint8 spec turns 0.5
+    # into 0) or by refusing other dtypes, so the pyfunc checks its inputs itself
+    # (hmoe.serving.to_images) and answers with a message that says what is expected.
     outputs = predictions_frame(dummy, list(params.groups.classes), list(names))
-    signature = infer_signature(example, outputs)
+    signature = ModelSignature(inputs=None, outputs=infer_signature(example, outputs).outputs)
     info = tracking.mlflow.pyfunc.log_model(
         name="mixture",
         python_model=MixturePyfunc(),

@@ -93,10 +93,9 @@ def predict_in_fresh_process(
     import json
     import sys
 
-    out = run(
+    proc = subprocess.run(
         [sys.executable, "-c", PREDICT_SCRIPT, tracking_uri, model_uri, str(split)],
-        cwd,
-        env,
-        timeout=300,
-    )
-    return json.loads(out.strip().splitlines()[-1])
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -102,6 +102,7 @@ def test_to_images_accepts_arrays_and_flat_frames():
         (np.full((1, 32, 32, 3), 0.5), "multiply by 255"),
         (np.full((1, 32, 32, 3), 12.5), "integers 0..255"),
         (np.zeros((0, 32, 32, 3)), "empty batch"),
+        (np.zeros((0,)), "empty batch"),
         (np.zeros((3, 32, 32, 3)), "cap of 2"),
         (np.full((1, 32, 32, 3), "a"), "numbers 0..255"),
     ],
