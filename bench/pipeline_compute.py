@@ -95,13 +95,18 @@ def main() -> None:
     (x, y), (xg, yg), (xv, yv) = splits["train"], splits["gate"], splits["val"]
     say("prepare_s", f"{time.perf_counter() - t0:.1f}")
     groups = p.groups
+    if groups is None:
+        raise SystemExit("groups: auto needs the base's confusions: use bench/sweep.py")
     base = timed_train(p, "base", p.base, len(groups.classes), (x, y), (xv, yv))
     specs = {}
     for g in groups.names:
         ids = groups.class_ids(g)
         init = base if p.specialists.init_from_base else None
-        train, val = nodes.specialist_subset(x, y, ids), nodes.specialist_subset(xv, yv, ids)
-        specs[g] = timed_train(p, f"specialist_{g}", p.specialists, len(ids), train, val, init)
+        sub = {"dustbin": p.specialists.dustbin, "seed": p.seed}
+        train = nodes.specialist_subset(x, y, ids, **sub)
+        val = nodes.specialist_subset(xv, yv, ids, **sub)
+        n_out = nodes.specialist_outputs(ids, p.specialists.dustbin)
+        specs[g] = timed_train(p, f"specialist_{g}", p.specialists, n_out, train, val, init)
     router = timed_train(
         p,
         "router",
@@ -113,7 +118,13 @@ def main() -> None:
     )
     start = time.perf_counter()
     experts = Mixture(
-        router=router, base=base, specialists=specs, gates={}, groups=groups, tta=p.mixture.tta
+        router=router,
+        base=base,
+        specialists=specs,
+        gates={},
+        groups=groups,
+        tta=p.mixture.tta,
+        gate_inputs=p.gates.inputs,
     )
     out_gate, out_val = experts.outputs(xg), experts.outputs(xv)
     gates, summary = nodes.train_gates(
@@ -129,6 +140,7 @@ def main() -> None:
         groups=groups,
         routing=p.mixture.routing,
         tta=p.mixture.tta,
+        gate_inputs=p.gates.inputs,
     )
     metrics, _ = nodes.evaluate_mixture(mix, data.x_test, data.y_test)
     say("evaluate_s", f"{time.perf_counter() - start:.1f}")

@@ -12,8 +12,9 @@ import numpy as np
 from hmoe.mixture import Outputs, combine, route_weights
 from hmoe.stats import compare
 
-# Controls that a person could deploy instead of the mixture (the oracle needs labels).
-FAIR_CONTROLS = ("base", "product", "equal_gates", "ensemble")
+# Controls that a person could deploy instead of the mixture (the oracle needs labels);
+# two_bases only when the pipeline trained a second base (`controls.second_base`).
+FAIR_CONTROLS = ("base", "product", "equal_gates", "ensemble", "two_bases")
 
 
 def product(out: Outputs) -> np.ndarray:
@@ -27,14 +28,23 @@ def equal_gates(out: Outputs, routing: str) -> np.ndarray:
     return combine(route_weights(out.router, routing), [half] * len(out.specs), out.base, out.specs)
 
 
-def control_predictions(out: Outputs, routing: str, ensemble_probs: np.ndarray) -> dict:
-    """Predicted labels of every fair control."""
+def control_predictions(
+    out: Outputs,
+    routing: str,
+    ensemble_probs: np.ndarray,
+    two_bases: np.ndarray | None = None,
+) -> dict:
+    """Predicted labels of every fair control (``two_bases``: the two-network ensemble's
+    probabilities, when a second base was trained).
+    """
     probs = {
         "base": out.base,
         "product": product(out),
         "equal_gates": equal_gates(out, routing),
         "ensemble": ensemble_probs,
     }
+    if two_bases is not None:
+        probs["two_bases"] = two_bases
     return {k: np.argmax(p, axis=1) for k, p in probs.items()}
 
 

@@ -7,10 +7,18 @@ in one group, where a specialist can learn to tell them apart.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from sklearn.cluster import SpectralClustering
+
+from hmoe import paths
+from hmoe.params import Groups, ParamsError, parse_groups
+
+logger = logging.getLogger(__name__)
 
 
 def confusion_affinity(confusion: np.ndarray) -> np.ndarray:
@@ -28,11 +36,66 @@ def spectral_groups(
     """``n_groups`` named groups of class names, ordered by their first class."""
     if not 2 <= n_groups < len(classes):
         raise ValueError(f"n_groups must be in 2..{len(classes) - 1}, got {n_groups}")
+    affinity = confusion_affinity(confusion)
     labels = SpectralClustering(
         n_clusters=n_groups, affinity="precomputed", random_state=seed, assign_labels="discretize"
-    ).fit_predict(confusion_affinity(confusion))
+    ).fit_predict(affinity)
+    labels = merge_singletons(labels, affinity, classes)
     order = sorted(set(labels.tolist()), key=lambda g: int(np.flatnonzero(labels == g)[0]))
     return {
         f"group{i + 1}": [classes[c] for c in np.flatnonzero(labels == g)]
         for i, g in enumerate(order)
     }
+
+
+def merge_singletons(
+    labels: np.ndarray, affinity: np.ndarray, classes: Sequence[str]
+) -> np.ndarray:
+    """Move every one-class cluster into the cluster it is most confused with.
+
+    A one-class group cannot have a specialist (nothing to tell apart), so the
+    discovered partition may have fewer groups than asked; a warning says so.
+    """
+    labels = np.asarray(labels).copy()
+    while True:
+        ids, counts = np.unique(labels, return_counts=True)
+        singles = ids[counts == 1]
+        if singles.size == 0 or ids.size <= 2:
+            return labels
+        c = int(np.flatnonzero(labels == singles[0])[0])
+        others = [g for g in ids if g != singles[0]]
+        target = max(others, key=lambda g: affinity[c, labels == g].sum())
+        logger.warning("auto groups: %s alone in a group, merged into its closest", classes[c])
+        labels[c] = target
+
+
+def groups_record(groups: Groups, source: str) -> dict:
+    """The partition as written to ``paths.GROUPS`` (and shown in the report)."""
+    return {
+        "source": source,
+        "groups": {n: list(m) for n, m in zip(groups.names, groups.members, strict=True)},
+    }
+
+
+def load_groups(path: Path = paths.GROUPS, classes: Sequence[str] | None = None) -> Groups:
+    """The partition the `groups` stage wrote: every stage after it reads this file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} is missing: run `dvc repro groups` first")
+    record = json.loads(Path(path).read_text())
+    try:
+        if classes is None:
+            return parse_groups(record["groups"])
+        return parse_groups(record["groups"], tuple(classes))
+    except (KeyError, ParamsError) as err:
+        msg = f"{path} is not a valid groups file ({err}); rerun `dvc repro groups`"
+        raise ValueError(msg) from None
+
+
+def discover(
+    confusion: np.ndarray, classes: Sequence[str], count: int, seed: int
+) -> Mapping[str, list[str]]:
+    """``groups: auto``: the partition from the base's held-out confusions."""
+    found = spectral_groups(confusion, classes, count, seed)
+    if len(found) < count:
+        logger.warning("auto groups: %d groups found of %d asked", len(found), count)
+    return found

@@ -41,10 +41,36 @@ def tta_views(x: np.ndarray, level: int) -> list[tuple[float, np.ndarray]]:
 
 
 def embed(spec_probs: np.ndarray, class_ids: Sequence[int], n_classes: int) -> np.ndarray:
-    """Place a specialist's (N, k) distribution into (N, n_classes), zeros elsewhere."""
+    """Place a specialist's (N, k) distribution into (N, n_classes), zeros elsewhere.
+
+    A specialist with a dustbin output (N, k + 1) loses that column and is
+    renormalised over its k classes: within the mixture it speaks only for its
+    classes, and the gate decides how much it counts.
+    """
+    k = len(class_ids)
+    if spec_probs.shape[1] == k + 1:
+        kept = spec_probs[:, :k]
+        spec_probs = kept / np.maximum(kept.sum(axis=1, keepdims=True), 1e-12)
+    elif spec_probs.shape[1] != k:
+        raise ValueError(f"specialist has {spec_probs.shape[1]} outputs for a group of {k}")
     out = np.zeros((spec_probs.shape[0], n_classes), dtype=np.float32)
     out[:, list(class_ids)] = spec_probs
     return out
+
+
+def gate_input(
+    mode: str, base: np.ndarray, spec: np.ndarray, features: np.ndarray | None
+) -> np.ndarray:
+    """What one gate sees (``gates.inputs``): the experts' probabilities, the base
+    trunk's features, or both, as one (N, D) array.
+    """
+    if mode == "probs":
+        return np.concatenate([base, spec], axis=1)
+    if features is None:
+        raise ValueError(f"gates.inputs={mode!r} needs the base features; none were computed")
+    if mode == "features":
+        return features
+    return np.concatenate([base, spec, features], axis=1)
 
 
 def route_weights(router_probs: np.ndarray, routing: str) -> np.ndarray:
@@ -91,9 +117,10 @@ class Outputs:
     router: np.ndarray  # (N, G)
     base: np.ndarray  # (N, C)
     specs: tuple[np.ndarray, ...]  # G x (N, C), embedded
+    features: np.ndarray | None = None  # (N, F) base trunk features, when gates see them
 
-    def gate_inputs(self, g: int) -> np.ndarray:
-        return np.concatenate([self.base, self.specs[g]], axis=1)
+    def gate_inputs(self, g: int, mode: str = "probs") -> np.ndarray:
+        return gate_input(mode, self.base, self.specs[g], self.features)
 
 
 class Mixture:
@@ -114,6 +141,7 @@ class Mixture:
         routing: str = "hard",
         tta: int = 0,
         batch_size: int = 512,
+        gate_inputs: str = "probs",
     ) -> None:
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
@@ -128,6 +156,31 @@ class Mixture:
         self.batch_size = batch_size
         self.tta = tta
         self.n_classes = len(groups.classes)
+        self.gate_mode = gate_inputs
+        self._base_and_features = None  # built on first use: base probs + trunk features
+
+    def predict_network(self, model, x: np.ndarray) -> np.ndarray:
+        """Any network's distribution with the mixture's test-time views."""
+        return self._predict(model, x)
+
+    def _base_outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Base probabilities and, when the gates see them, its pooled trunk features
+        (one pass, both averaged over the TTA views).
+        """
+        if self.gate_mode == "probs":
+            return self._predict(self.base, x), None
+        if self._base_and_features is None:
+            import keras
+
+            from hmoe.nets import TRUNK_OUTPUT
+
+            trunk = self.base.get_layer(TRUNK_OUTPUT).output
+            self._base_and_features = keras.Model(self.base.inputs, [self.base.output, trunk])
+        probs, feats = 0.0, 0.0
+        for w, v in tta_views(x, self.tta):
+            p, f = self._base_and_features.predict(v, batch_size=self.batch_size, verbose=0)
+            probs, feats = probs + w * np.asarray(p), feats + w * np.asarray(f, np.float32)
+        return probs, feats
 
     def _predict(self, model, x: np.ndarray) -> np.ndarray:
         """A network's distribution, averaged over the TTA views of images (gates: none)."""
@@ -146,14 +199,16 @@ class Mixture:
 
     def outputs(self, x: np.ndarray) -> Outputs:
         """Run every network on every image (dense): for evaluation and gate training."""
+        base, features = self._base_outputs(x)
         return Outputs(
-            router=self._predict(self.router, x),
-            base=self._predict(self.base, x),
-            specs=self._specs(x),
+            router=self._predict(self.router, x), base=base, specs=self._specs(x), features=features
         )
 
     def gate_weights(self, out: Outputs) -> list[np.ndarray]:
-        return [self._predict(gate, out.gate_inputs(g)) for g, gate in enumerate(self.gates)]
+        return [
+            self._predict(gate, out.gate_inputs(g, self.gate_mode))
+            for g, gate in enumerate(self.gates)
+        ]
 
     def predict_dense(self, x: np.ndarray, routing: str | None = None) -> np.ndarray:
         """Mixture probabilities with every network on every image."""
@@ -171,16 +226,16 @@ class Mixture:
         """
         if not self.gates:
             raise ValueError("this Mixture has no gates: train them (`dvc repro train_gates`)")
+        if self.routing == "soft":
+            out = self.outputs(x)
+            weights = self.gate_weights(out)
+            probs = combine(route_weights(out.router, "soft"), weights, out.base, out.specs)
+            route = np.argmax(out.router, axis=1)
+            spec_w = np.stack([w[:, 1] for w in weights], axis=1)[np.arange(len(x)), route]
+            return Prediction(probs, route, out.router[np.arange(len(x)), route], spec_w)
         router = self._predict(self.router, x)
         route = np.argmax(router, axis=1)
-        chosen = router[np.arange(len(x)), route]
-        if self.routing == "soft":
-            out = Outputs(router=router, base=self._predict(self.base, x), specs=self._specs(x))
-            weights = self.gate_weights(out)
-            probs = combine(route_weights(router, "soft"), weights, out.base, out.specs)
-            spec_w = np.stack([w[:, 1] for w in weights], axis=1)[np.arange(len(x)), route]
-            return Prediction(probs, route, chosen, spec_w)
-        base = self._predict(self.base, x)
+        base, features = self._base_outputs(x)
         probs = np.zeros_like(base)
         spec_w = np.zeros(len(x), dtype=np.float32)
         for g in range(len(self.gates)):
@@ -188,13 +243,18 @@ class Mixture:
             if idx.size == 0:
                 continue
             spec = self._spec(g, x[idx])
-            w = self._predict(self.gates[g], np.concatenate([base[idx], spec], axis=1))
+            seen = gate_input(self.gate_mode, base[idx], spec, _rows(features, idx))
+            w = self._predict(self.gates[g], seen)
             probs[idx] = branch_probs(w, base[idx], spec)
             spec_w[idx] = w[:, 1]
-        return Prediction(probs, route, chosen, spec_w)
+        return Prediction(probs, route, router[np.arange(len(x)), route], spec_w)
 
     def _specs(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         return tuple(self._spec(g, x) for g in range(len(self.specialists)))
+
+
+def _rows(a: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
+    return None if a is None else a[idx]
 
 
 @dataclass(frozen=True)

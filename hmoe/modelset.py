@@ -16,6 +16,7 @@ from hmoe.mixture import Mixture
 from hmoe.params import Groups
 
 BASE = "hmoe-base"
+SECOND_BASE = "hmoe-second-base"  # the two-network ensemble control, when asked for
 ROUTER = "hmoe-router"
 MIXTURE = "hmoe-mixture"
 
@@ -57,10 +58,11 @@ def load_mixture(
     tta: int = 0,
     gates: bool = True,
     files: dict[str, Path] | None = None,
+    gate_inputs: str = "probs",
 ) -> Mixture:
     """The assembled mixture from its files (``files`` overrides the DVC outputs' paths,
     e.g. the artifacts of a logged pyfunc). ``gates=False`` loads the frozen experts
-    and router only, for training the gates.
+    and router only, for training the gates; ``gate_inputs`` is what the gates see.
     """
     files = files or model_files(groups.names, gates=gates)
     return Mixture(
@@ -71,4 +73,5 @@ def load_mixture(
         groups=groups,
         routing=routing,
         tta=tta,
+        gate_inputs=gate_inputs,
     )

@@ -322,43 +322,54 @@ def freeze_trunk(model: keras.Model) -> None:
             layer.trainable = False
 
 
-def build_gate(n_classes: int, *, hidden: int = 32, name: str = "gate") -> keras.Model:
-    """Gate of one group: from [base probs, specialist probs] to 2 expert weights.
+def build_gate(n_inputs: int, *, hidden: int = 32, name: str = "gate") -> keras.Model:
+    """Gate of one group: from what it sees (``gates.inputs``) to 2 expert weights.
 
-    Input is the concatenation (N, 2 * n_classes) of the frozen experts' outputs, so
-    the gate is trained on precomputed outputs and costs almost nothing per epoch.
-    Output is a softmax over {base, specialist}: the mixture stays a distribution.
+    Inputs are precomputed (N, n_inputs): the frozen experts' probabilities [base,
+    specialist], the frozen base trunk's pooled features, or both, so the gate
+    costs almost nothing per epoch. Output is a softmax over {base, specialist}:
+    the mixture stays a distribution.
     """
-    inputs = keras.Input((2 * n_classes,), name="expert_probs")
+    inputs = keras.Input((n_inputs,), name="gate_inputs")
     x = layers.Dense(hidden, activation="relu", name="hidden")(inputs)
     x = layers.Dense(2, name="expert_logits")(x)
     outputs = layers.Softmax(dtype="float32", name="expert_weights")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_gate_trainer(gates: Sequence[keras.Model], n_classes: int) -> keras.Model:
+def build_gate_trainer(
+    gates: Sequence[keras.Model], n_classes: int, mode: str = "probs", n_features: int = 0
+) -> keras.Model:
     """Joint model that trains all gates at once through the routed mixture.
 
     Inputs: route weights (N, G) (one-hot of the router's top group for hard
-    routing, the router's probabilities for soft), base probs (N, C) and every
-    embedded specialist's probs (N, G, C). Output: the mixture distribution. With
-    hard routing the one-hot route means gate g only learns from the images the
-    router sends to g, which is what it sees at inference.
+    routing, the router's probabilities for soft), base probs (N, C), every
+    embedded specialist's probs (N, G, C) and, for ``mode`` features or both, the
+    base trunk's features (N, F). Output: the mixture distribution. With hard
+    routing the one-hot route means gate g only learns from the images the router
+    sends to g, which is what it sees at inference.
     """
     n_groups = len(gates)
     route = keras.Input((n_groups,), name="route")
     base = keras.Input((n_classes,), name="base_probs")
     specs = keras.Input((n_groups, n_classes), name="specialist_probs")
+    inputs = [route, base, specs]
+    features = None
+    if mode != "probs":
+        features = keras.Input((n_features,), name="features")
+        inputs.append(features)
     branches = []
     for g, gate in enumerate(gates):
         spec_g = layers.Reshape((n_classes,), name=f"spec_{g}")(
             layers.Cropping1D((g, n_groups - g - 1), name=f"pick_{g}")(specs)
         )
-        w = gate(layers.Concatenate(name=f"gate_in_{g}")([base, spec_g]))
+        seen = {"probs": [base, spec_g], "features": [features], "both": [base, spec_g, features]}
+        parts = seen[mode]
+        w = gate(parts[0] if len(parts) == 1 else layers.Concatenate(name=f"gate_in_{g}")(parts))
         pair = layers.Concatenate(axis=1, name=f"pair_{g}")(
             [layers.Reshape((1, n_classes))(base), layers.Reshape((1, n_classes))(spec_g)]
         )
         branches.append(layers.Reshape((1, n_classes))(ExpertMix(name=f"mix_{g}")(w, pair)))
     stacked = branches[0] if n_groups == 1 else layers.Concatenate(axis=1)(branches)
     outputs = ExpertMix(name="route_mix")(route, stacked)
-    return keras.Model([route, base, specs], outputs, name="gate_trainer")
+    return keras.Model(inputs, outputs, name="gate_trainer")

@@ -7,6 +7,7 @@ process. That keeps one implementation of every step.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -26,12 +27,36 @@ Split = tuple[np.ndarray, np.ndarray]
 WHITENING_SAMPLE = 5000
 
 
-def specialist_subset(x: np.ndarray, y: np.ndarray, class_ids: Sequence[int]) -> Split:
-    """Images of the group's classes, labels renumbered 0..k-1 in group order."""
+def specialist_subset(
+    x: np.ndarray, y: np.ndarray, class_ids: Sequence[int], *, dustbin: float = 0.0, seed: int = 0
+) -> Split:
+    """Images of the group's classes, labels renumbered 0..k-1 in group order.
+
+    With ``dustbin`` > 0, also a random ``dustbin`` x (group size) of the other
+    groups' images, labelled k: the "none of mine" output of Hinton et al. (2015).
+    """
     keep = np.isin(y, class_ids)
     local = np.full(max(*class_ids, int(y.max(initial=0))) + 1, -1, dtype=np.int64)
     local[list(class_ids)] = np.arange(len(class_ids))
-    return x[keep], local[y[keep]]
+    if dustbin <= 0:
+        return x[keep], local[y[keep]]
+    others = np.flatnonzero(~keep)
+    n_other = min(len(others), round(dustbin * int(keep.sum())))
+    extra = np.sort(np.random.default_rng(seed).choice(others, n_other, replace=False))
+    local[np.setdiff1d(np.unique(y), class_ids)] = len(class_ids)
+    idx = np.sort(np.concatenate([np.flatnonzero(keep), extra]))
+    return x[idx], local[y[idx]]
+
+
+def specialist_outputs(class_ids: Sequence[int], dustbin: float) -> int:
+    """A specialist's output count: its classes, plus the dustbin when it has one."""
+    return len(class_ids) + (1 if dustbin > 0 else 0)
+
+
+def network_arch(net: NetArch, cfg: NetParams) -> NetArch:
+    """The architecture of a network: the shared one, or the specialists' own width."""
+    width = getattr(cfg, "width", None)
+    return net if width is None else dataclasses.replace(net, width=width)
 
 
 def group_labels(y: np.ndarray, groups: Groups) -> np.ndarray:
@@ -53,7 +78,11 @@ def build_network(
     (frozen if ``cfg.freeze_trunk``), else with its whitening fitted on the images.
     """
     model = build_classifier(
-        n_outputs, arch, translate=cfg.translate if cfg.augment else None, seed=seed, name=name
+        n_outputs,
+        network_arch(arch, cfg),
+        translate=cfg.translate if cfg.augment else None,
+        seed=seed,
+        name=name,
     )
     if init is not None:
         copied = copy_trunk(init, model)
@@ -90,9 +119,21 @@ def summarise_history(history: dict[str, list[float]], *, monitor: str, mode: st
     }
 
 
-def gate_inputs(out: Outputs, routing: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What the gate trainer takes: route weights, base probs, stacked specialist probs."""
-    return route_weights(out.router, routing), out.base, np.stack(out.specs, axis=1)
+def gate_inputs(out: Outputs, routing: str, mode: str = "probs") -> tuple[np.ndarray, ...]:
+    """What the gate trainer takes: route weights, base probs, stacked specialist probs,
+    and the base trunk's features when the gates see them (``mode`` features or both).
+    """
+    arrays = (route_weights(out.router, routing), out.base, np.stack(out.specs, axis=1))
+    if mode == "probs":
+        return arrays
+    if out.features is None:
+        raise ValueError(f"gates.inputs={mode!r} needs the base features in the outputs")
+    return (*arrays, out.features)
+
+
+def gate_input_size(out: Outputs, mode: str) -> int:
+    """Width of one gate's input under ``mode``."""
+    return out.gate_inputs(0, mode).shape[1]
 
 
 def train_gates(
@@ -106,15 +147,15 @@ def train_gates(
 ) -> tuple[list[keras.Model], dict[str, float]]:
     """One gate per group, fitted jointly through the routed mixture on frozen outputs."""
     (out_tr, y), (out_val, yv) = train, val
-    gates = [
-        build_gate(len(groups.classes), hidden=cfg.hidden, name=f"gate_{g}") for g in groups.names
-    ]
+    n_in = gate_input_size(out_tr, cfg.inputs)
+    gates = [build_gate(n_in, hidden=cfg.hidden, name=f"gate_{g}") for g in groups.names]
     history = fit_gates(
-        gates, gate_inputs(out_tr, routing), y, gate_inputs(out_val, routing), yv, cfg,
-        callbacks=callbacks,
+        gates, gate_inputs(out_tr, routing, cfg.inputs), y,
+        gate_inputs(out_val, routing, cfg.inputs), yv, cfg, callbacks=callbacks,
     )  # fmt: skip
     weights = [
-        np.asarray(g.predict(out_val.gate_inputs(i), verbose=0)) for i, g in enumerate(gates)
+        np.asarray(g.predict(out_val.gate_inputs(i, cfg.inputs), verbose=0))
+        for i, g in enumerate(gates)
     ]
     summary = summarise_history(history.history, monitor="val_loss", mode="min")
     summary["val_accuracy"] = accuracy(
@@ -135,12 +176,15 @@ def control_probs(out: Outputs, weights: list[np.ndarray], true_group: np.ndarra
     }
 
 
-def evaluate_mixture(mixture: Mixture, x: np.ndarray, y: np.ndarray) -> tuple[dict, dict]:
+def evaluate_mixture(
+    mixture: Mixture, x: np.ndarray, y: np.ndarray, second_base: keras.Model | None = None
+) -> tuple[dict, dict]:
     """Test metrics of the mixture and its controls, and the predicted labels.
 
     Returns (metrics, predictions) with predictions ``{"base", "mixture"}`` -> labels,
     the router's probabilities and every gate's weights for the report, and the frozen
-    ``outputs`` and ``ensemble`` probabilities, from which evaluate builds its controls.
+    ``outputs`` and ``ensemble`` probabilities, from which evaluate builds its controls
+    (plus ``two_bases``, the base averaged with ``second_base``, when one is given).
     """
     groups = mixture.groups
     out = mixture.outputs(x)
@@ -169,4 +213,6 @@ def evaluate_mixture(mixture: Mixture, x: np.ndarray, y: np.ndarray) -> tuple[di
         "outputs": out,
         "ensemble": probs["ensemble"],
     }
+    if second_base is not None:
+        predictions["two_bases"] = (out.base + mixture.predict_network(second_base, x)) / 2
     return metrics, predictions

@@ -64,12 +64,34 @@ class NetParams:
 
 
 @dataclass(frozen=True)
+class SpecialistParams(NetParams):
+    """A specialist's recipe: a network's, plus its own width and dustbin share."""
+
+    width: int | None  # null: net.width (required when init_from_base)
+    # Hinton et al. 2015: also train on this share (x the group's images) of other
+    # groups' images, labelled with one extra "dustbin" output. 0: no dustbin.
+    dustbin: float
+
+
+@dataclass(frozen=True)
 class GateParams:
     epochs: int
     batch_size: int
     learning_rate: float
     hidden: int
     patience: int
+    inputs: str  # probs (the experts' outputs), features (the base trunk's), or both
+    fit_on: str  # gate (held out from every expert: the default) or train (in-sample control)
+
+
+@dataclass(frozen=True)
+class GroupingParams:
+    count: int  # number of groups that `groups: auto` discovers
+
+
+@dataclass(frozen=True)
+class ControlsParams:
+    second_base: bool  # train a second base (seed + SECOND_BASE_SEED_OFFSET) for a fair ensemble
 
 
 @dataclass(frozen=True)
@@ -124,12 +146,14 @@ class Groups:
 class Params:
     seed: int
     data: DataParams
-    groups: Groups
+    groups: Groups | None  # None: `groups: auto`, discovered by the `groups` stage
+    grouping: GroupingParams
     net: NetArch
     base: NetParams
-    specialists: NetParams
+    specialists: SpecialistParams
     router: NetParams
     gates: GateParams
+    controls: ControlsParams
     mixture: MixtureParams
     train: TrainParams
     mlflow: MlflowParams
@@ -140,13 +164,18 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("triangle", "cosine")
 TTA_LEVELS = (0, 1, 2)
+GATE_INPUTS = ("probs", "features", "both")
+GATE_FIT = ("gate", "train")
+AUTO_GROUPS = "auto"
 _SECTIONS = {
     "data": DataParams,
+    "grouping": GroupingParams,
     "net": NetArch,
     "base": NetParams,
-    "specialists": NetParams,
+    "specialists": SpecialistParams,
     "router": NetParams,
     "gates": GateParams,
+    "controls": ControlsParams,
     "mixture": MixtureParams,
     "train": TrainParams,
     "mlflow": MlflowParams,
@@ -172,7 +201,8 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
         if required not in raw:
             raise ParamsError(f"missing key `{required}` in params.yaml")
     sections = {name: _section(raw.get(name, {}), cls, name) for name, cls in _SECTIONS.items()}
-    params = Params(seed=_int(raw["seed"], "seed"), groups=_groups(raw["groups"]), **sections)
+    groups = None if raw["groups"] == AUTO_GROUPS else parse_groups(raw["groups"])
+    params = Params(seed=_int(raw["seed"], "seed"), groups=groups, **sections)
     _check(params)
     return params
 
@@ -227,19 +257,27 @@ def _int(value: Any, key: str) -> int:
     return value
 
 
-def _groups(raw: Any) -> Groups:
-    fix = "give a mapping group name -> list of class names, e.g. artificial: [airplane, ship]"
+def parse_groups(raw: Any, classes: tuple[str, ...] = CIFAR10_CLASSES) -> Groups:
+    """Validate a partition (group name -> class names) of ``classes``."""
+    fix = (
+        "give a mapping group name -> list of class names, e.g. artificial: [airplane, ship], "
+        f"or `groups: {AUTO_GROUPS}`"
+    )
     if not isinstance(raw, Mapping) or len(raw) < 2:
         raise ParamsError(f"`groups` needs at least 2 groups; {fix}")
     seen: dict[str, str] = {}
     for name, members in raw.items():
         if not isinstance(members, list) or not members:
             raise ParamsError(f"`groups.{name}` must be a non-empty list of class names; {fix}")
+        if len(members) < 2:
+            raise ParamsError(
+                f"`groups.{name}` has one class: its specialist would have nothing to tell "
+                "apart; merge it into another group"
+            )
         for cls in members:
-            if cls not in CIFAR10_CLASSES:
+            if cls not in classes:
                 raise ParamsError(
-                    f"`groups.{name}` names unknown class {cls!r}; "
-                    f"classes are {list(CIFAR10_CLASSES)}"
+                    f"`groups.{name}` names unknown class {cls!r}; classes are {list(classes)}"
                 )
             if cls in seen:
                 raise ParamsError(
@@ -247,10 +285,14 @@ def _groups(raw: Any) -> Groups:
                     "each class must be in exactly one group"
                 )
             seen[cls] = str(name)
-    missing = [c for c in CIFAR10_CLASSES if c not in seen]
+    missing = [c for c in classes if c not in seen]
     if missing:
         raise ParamsError(f"classes {missing} are in no group; add each to one of `groups`")
-    return Groups(names=tuple(str(n) for n in raw), members=tuple(tuple(m) for m in raw.values()))
+    return Groups(
+        names=tuple(str(n) for n in raw),
+        members=tuple(tuple(m) for m in raw.values()),
+        classes=tuple(classes),
+    )
 
 
 def _check(p: Params) -> None:
@@ -276,11 +318,31 @@ def _check(p: Params) -> None:
             f"`data.limit` must be null or larger than `data.val_size` + `data.gate_size` "
             f"({held_out})"
         )
+    _check_mixture_options(p)
     _one_of(p.mixture.routing, ROUTINGS, "mixture.routing")
     _one_of(p.mixture.tta, TTA_LEVELS, "mixture.tta")
     _one_of(p.train.precision, PRECISIONS, "train.precision")
     if not p.mlflow.experiment:
         raise ParamsError("`mlflow.experiment` must be a non-empty name")
+
+
+def _check_mixture_options(p: Params) -> None:
+    """Groups, specialists and gates options (the hierarchy's own knobs)."""
+    max_groups = len(CIFAR10_CLASSES) // 2  # every group needs two classes
+    if not 2 <= p.grouping.count <= max_groups:
+        raise ParamsError(f"`grouping.count` must be in 2..{max_groups}, got {p.grouping.count}")
+    spec = p.specialists
+    if spec.width is not None and spec.width <= 0:
+        raise ParamsError("`specialists.width` must be null or a positive integer")
+    if spec.init_from_base and spec.width not in (None, p.net.width):
+        raise ParamsError(
+            "`specialists.width` must be null (or net.width) when `specialists.init_from_base` "
+            "is true: the base's layers are copied; set init_from_base: false to change it"
+        )
+    if not 0 <= spec.dustbin <= 1:
+        raise ParamsError("`specialists.dustbin` must be in [0, 1] (0: no dustbin output)")
+    _one_of(p.gates.inputs, GATE_INPUTS, "gates.inputs")
+    _one_of(p.gates.fit_on, GATE_FIT, "gates.fit_on")
 
 
 def _check_arch(arch: NetArch) -> None:
@@ -315,6 +377,8 @@ def _one_of(value: Any, allowed: tuple, key: str) -> None:
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted key -> value view of a params object, for logging to MLflow."""
+    if obj is None and prefix == "groups.":
+        return {"groups": AUTO_GROUPS}
     if isinstance(obj, Groups):
         return {f"{prefix}{n}": ",".join(m) for n, m in zip(obj.names, obj.members, strict=True)}
     if dataclasses.is_dataclass(obj):

@@ -18,12 +18,17 @@ GATE = PREPARED / "gate.npz"
 
 MODELS = Path("models")
 BASE_MODEL = MODELS / "base.keras"
+SECOND_BASE = MODELS / "second_base"  # a folder: empty but for a note unless asked for
+SECOND_BASE_MODEL = SECOND_BASE / "base.keras"
 ROUTER_MODEL = MODELS / "router.keras"
 SPECIALISTS = MODELS / "specialists"
 GATES = MODELS / "gates"
 
 REPORTS = Path("reports")
 DATA_REPORT = REPORTS / "data.json"
+GROUPS = REPORTS / "groups.json"  # the partition every stage after `groups` uses
+SPECIALIST_METRICS = REPORTS / "train_specialists" / "metrics.json"
+SPECIALIST_HISTORY = REPORTS / "train_specialists" / "history"
 METRICS = REPORTS / "metrics.json"
 EVAL = REPORTS / "eval"
 CONFUSION = EVAL / "confusion.csv"
@@ -39,6 +44,10 @@ def specialist_model(group: str) -> Path:
     return SPECIALISTS / f"{group}.keras"
 
 
+def specialist_history(group: str) -> Path:
+    return SPECIALIST_HISTORY / f"{group}.csv"
+
+
 def gate_model(group: str) -> Path:
     return GATES / f"{group}.keras"
 
@@ -46,7 +55,7 @@ def gate_model(group: str) -> Path:
 def stage_reports(stage: str) -> Path:
     """Folder of a training stage's metrics.json and history.csv.
 
-    A foreach stage `name@item` reports under reports/name/item.
+    A stage's job `name@item` (one specialist) reports under reports/name/item.
     """
     name, _, item = stage.partition("@")
     return REPORTS / name / item if item else REPORTS / name

@@ -26,6 +26,7 @@ HEADLINE = (
     ("mixture_accuracy", "mixture"),
     ("base_accuracy", "base"),
     ("ensemble_accuracy", "ensemble (base + specialists, no routing)"),
+    ("two_bases_control_accuracy", "two bases averaged (same recipe, another seed)"),
     ("product_control_accuracy", "router x specialist, no gates"),
     ("equal_gates_control_accuracy", "equal gates (1/2 base, 1/2 specialist)"),
     ("oracle_accuracy", "oracle routing (true group)"),
@@ -118,6 +119,8 @@ def write_report(
     group_names: Sequence[str],
     histories: Mapping[str, pd.DataFrame],
     best_control: str | None = None,
+    partition: Mapping[str, Sequence[str]] | None = None,
+    partition_source: str = "params",
 ) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(classes)
@@ -160,6 +163,9 @@ def write_report(
     md = ["# hmoe report (test split)", "", "| figure | value |", "|---|---|"]
     md += [f"| {label} | {value:.4f} |" for label, value in rows]
     md += _lift_table(metrics, best_control)
+    if partition:
+        md += ["", f"## Groups ({partition_source})", "", "| group | classes |", "|---|---|"]
+        md += [f"| {g} | {', '.join(members)} |" for g, members in partition.items()]
     for name in figures:
         md += ["", f"![{name}]({name})"]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
@@ -200,10 +206,11 @@ def _lift_table(metrics: Mapping[str, float], best_control: str | None) -> list[
 
 
 def read_histories(reports: Path) -> dict[str, pd.DataFrame]:
-    """Every training stage's history.csv under reports/, by stage name."""
+    """Every training stage's history (CSV) under reports/, by stage (and group) name."""
     out = {}
-    for path in sorted(reports.glob("train_*/**/history.csv")):
-        name = "/".join(path.relative_to(reports).parts[:-1])
+    for path in sorted(reports.glob("train_*/**/*.csv")):
+        name = "/".join(path.relative_to(reports).with_suffix("").parts)
+        name = name.removesuffix("/history").replace("/history/", "/")
         if name != "train_gates":
             out[name] = pd.read_csv(path)
     return out

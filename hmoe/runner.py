@@ -24,7 +24,7 @@ import numpy as np
 from hmoe import modelset, nodes, paths, tracking
 from hmoe.data.storage import atomic_write, write_json
 from hmoe.mixture import Outputs
-from hmoe.params import NetParams, Params
+from hmoe.params import Groups, NetParams, Params
 from hmoe.startup import data_digest, init, stage_params
 
 logger = logging.getLogger("hmoe")
@@ -45,7 +45,6 @@ def tracked_stage(
     Yields (reports folder, parent run id).
     """
     reports = paths.stage_reports(stage)
-    reports.mkdir(parents=True, exist_ok=True)
     logged = stage_params(stage, params)
     with tracking.stage_run(stage, params.mlflow.experiment, logged, data_digest()) as (_, parent):
         tracking.mlflow.log_param("precision_used", keras.mixed_precision.global_policy().name)
@@ -56,15 +55,19 @@ def tracked_stage(
 
 def finish_training(
     stage: str,
-    reports: Path,
+    reports: Path | None,
     metrics: Mapping[str, float],
     models: Mapping[Path, tuple[keras.Model, str, np.ndarray]],
     params: Params,
 ) -> None:
-    """Save models and metrics atomically, log them, register every model."""
+    """Save models and metrics atomically, log them, register every model.
+
+    ``reports`` None: the stage writes its own metrics file (several jobs, one file).
+    """
     for path, (model, _, _) in models.items():
         save_model(model, path)
-    write_json(reports / "metrics.json", dict(metrics))
+    if reports is not None:
+        write_json(reports / "metrics.json", dict(metrics))
     tracking.mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
     if params.mlflow.register:
         for path, (model, registered, example) in models.items():
@@ -88,18 +91,25 @@ class ClassifierJob:
     val: nodes.Split
     model_path: Path
     registered_name: str
+    seed: int | None = None  # None: params' seed
+    history: Path | None = None  # None: <stage reports>/history.csv
+    write_metrics: bool = True  # False: the stage gathers several jobs' metrics itself
 
 
 def run_classifier_job(job: ClassifierJob, params: Params) -> dict[str, float]:
     """Build (from the base when the recipe says so), train, save, log, register."""
     init = modelset.load_model(paths.BASE_MODEL) if job.cfg.init_from_base else None
-    backup = paths.BACKUPS / _backup_key(job.stage, stage_params(job.stage, params))
+    seed = params.seed if job.seed is None else job.seed
+    logged = stage_params(job.stage, params) | {"seed": seed}
+    backup = paths.BACKUPS / _backup_key(job.stage, logged)
     with tracked_stage(job.stage, params, {"train": paths.TRAIN, "val": paths.VAL}) as (rep, _):
+        history = job.history or rep / "history.csv"
+        history.parent.mkdir(parents=True, exist_ok=True)
         model = nodes.build_network(
             job.n_outputs,
             params.net,
             job.cfg,
-            seed=params.seed,
+            seed=seed,
             name=job.stage.replace("train_", "").replace("@", "_"),
             init=init,
             whitening_images=job.train[0],
@@ -113,7 +123,7 @@ def run_classifier_job(job: ClassifierJob, params: Params) -> dict[str, float]:
         )
         callbacks = [
             tracking.EpochLogger(),
-            keras.callbacks.CSVLogger(str(rep / "history.csv")),
+            keras.callbacks.CSVLogger(str(history)),
             keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True),
         ]
         start = time.perf_counter()
@@ -127,9 +137,8 @@ def run_classifier_job(job: ClassifierJob, params: Params) -> dict[str, float]:
             "train_images_per_s": len(job.train[0]) * metrics["epochs_run"] / fit_s,
         }
         example = job.val[0][:4]
-        finish_training(
-            job.stage, rep, metrics, {job.model_path: (model, job.registered_name, example)}, params
-        )
+        models = {job.model_path: (model, job.registered_name, example)}
+        finish_training(job.stage, rep if job.write_metrics else None, metrics, models, params)
     shutil.rmtree(backup, ignore_errors=True)
     logger.info(
         "%s: best val accuracy %.4f at epoch %d",
@@ -145,6 +154,7 @@ class GateJob:
     """The gate stage: frozen outputs on the fitting and selection images -> gates."""
 
     stage: str
+    groups: Groups
     fit: tuple[np.ndarray, np.ndarray]
     select: tuple[np.ndarray, np.ndarray]
     split_files: Mapping[str, Path]
@@ -152,9 +162,12 @@ class GateJob:
 
 def run_gate_job(job: GateJob, params: Params) -> dict[str, float]:
     """Outputs of the frozen networks (once), gates fitted on them, saved and logged."""
-    groups = params.groups
-    experts = modelset.load_mixture(groups, tta=params.mixture.tta, gates=False)
+    groups = job.groups
+    experts = modelset.load_mixture(
+        groups, tta=params.mixture.tta, gates=False, gate_inputs=params.gates.inputs
+    )
     with tracked_stage(job.stage, params, job.split_files) as (rep, _):
+        rep.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         out_fit, out_sel = experts.outputs(job.fit[0]), experts.outputs(job.select[0])
         logger.info(
@@ -174,8 +187,12 @@ def run_gate_job(job: GateJob, params: Params) -> dict[str, float]:
         )
         metrics["fit_s"] = time.perf_counter() - start
         models = {
-            paths.gate_model(g): (gate, modelset.gate_name(g), _gate_example(out_sel, i))
-            for i, (g, gate) in enumerate(zip(groups.names, gates, strict=True))
+            paths.gate_model(g): (gate, modelset.gate_name(g), example)
+            for (g, gate), example in zip(
+                zip(groups.names, gates, strict=True),
+                _gate_examples(out_sel, len(gates), params.gates.inputs),
+                strict=True,
+            )
         }
         finish_training(job.stage, rep, metrics, models, params)
     logger.info(
@@ -186,8 +203,8 @@ def run_gate_job(job: GateJob, params: Params) -> dict[str, float]:
     return metrics
 
 
-def _gate_example(out: Outputs, g: int) -> np.ndarray:
-    return out.gate_inputs(g)[:4]
+def _gate_examples(out: Outputs, n: int, mode: str) -> list[np.ndarray]:
+    return [out.gate_inputs(g, mode)[:4] for g in range(n)]
 
 
 def _backup_key(stage: str, logged: Mapping[str, Any]) -> str:

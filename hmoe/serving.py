@@ -21,13 +21,16 @@ from hmoe.data.constants import IMAGE_SHAPE
 CONFIG = "config"
 
 
-def mixture_config(groups, mixture_params) -> dict[str, Any]:
-    """What the pyfunc needs besides the networks: classes, groups, routing, TTA."""
+def mixture_config(groups, mixture_params, gate_inputs: str = "probs") -> dict[str, Any]:
+    """What the pyfunc needs besides the networks: classes, groups, routing, TTA and
+    what the gates see.
+    """
     return {
         "classes": list(groups.classes),
         "groups": {n: list(m) for n, m in zip(groups.names, groups.members, strict=True)},
         "routing": mixture_params.routing,
         "tta": mixture_params.tta,
+        "gate_inputs": gate_inputs,
     }
 
 
@@ -88,7 +91,11 @@ class MixturePyfunc(mlflow.pyfunc.PythonModel):
         files = {name: Path(p) for name, p in arts.items() if name != CONFIG}
         self.classes = list(cfg["classes"])
         self.mixture = modelset.load_mixture(
-            groups, routing=cfg["routing"], tta=cfg.get("tta", 0), files=files
+            groups,
+            routing=cfg["routing"],
+            tta=cfg.get("tta", 0),
+            files=files,
+            gate_inputs=cfg.get("gate_inputs", "probs"),
         )
 
         self.group_names = list(groups.names)

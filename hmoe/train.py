@@ -153,9 +153,9 @@ def fit_classifier(
 
 def fit_gates(
     gates: Sequence[keras.Model],
-    train_inputs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    train_inputs: tuple[np.ndarray, ...],
     y_train: np.ndarray,
-    val_inputs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    val_inputs: tuple[np.ndarray, ...],
     y_val: np.ndarray,
     cfg: GateParams,
     *,
@@ -164,11 +164,13 @@ def fit_gates(
 ) -> keras.callbacks.History:
     """Train every gate jointly through the routed mixture on precomputed outputs.
 
-    Inputs are (route weights, base probs, stacked embedded specialist probs), see
+    Inputs are (route weights, base probs, stacked embedded specialist probs) and,
+    when the gates see them (``cfg.inputs``), the base trunk's features; see
     :func:`hmoe.nets.build_gate_trainer`. The gates are updated in place.
     """
     n_classes = train_inputs[1].shape[1]
-    trainer = build_gate_trainer(gates, n_classes)
+    n_features = train_inputs[3].shape[1] if len(train_inputs) > 3 else 0
+    trainer = build_gate_trainer(gates, n_classes, cfg.inputs, n_features)
     steps = cfg.epochs * math.ceil(len(y_train) / cfg.batch_size)
     trainer.compile(
         optimizer=keras.optimizers.Adam(cosine(cfg.learning_rate, steps)),

@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 
 import hmoe
-from hmoe import modelset, paths, runner, tracking
+from hmoe import grouping, modelset, paths, runner, tracking
 from hmoe.controls import control_predictions, paired_metrics
 from hmoe.data import load_split
 from hmoe.data.storage import atomic_write, write_json
 from hmoe.metrics import confusion, per_class_accuracy
 from hmoe.mixture import Mixture
 from hmoe.nodes import evaluate_mixture
-from hmoe.params import Params
+from hmoe.params import Groups, Params
 from hmoe.registry import apply_champion_rule, versions_for_outputs
 from hmoe.report import read_histories, write_report
 
@@ -72,13 +72,22 @@ def write_plots(y: np.ndarray, pred: dict, classes: list[str]) -> None:
 
 def main() -> None:
     params = runner.init(STAGE)
-    groups = params.groups
-    mix = modelset.load_mixture(groups, routing=params.mixture.routing, tta=params.mixture.tta)
+    groups = grouping.load_groups()
+    mix = modelset.load_mixture(
+        groups,
+        routing=params.mixture.routing,
+        tta=params.mixture.tta,
+        gate_inputs=params.gates.inputs,
+    )
+    second = paths.SECOND_BASE_MODEL
+    second_base = modelset.load_model(second) if second.is_file() else None
     x, y = load_split(paths.TEST)
     classes = list(groups.classes)
     with runner.tracked_stage(STAGE, params, {"test": paths.TEST}) as (_, parent):
-        metrics, pred = evaluate_mixture(mix, x, y)
-        controls = control_predictions(pred["outputs"], mix.routing, pred["ensemble"])
+        metrics, pred = evaluate_mixture(mix, x, y, second_base)
+        controls = control_predictions(
+            pred["outputs"], mix.routing, pred["ensemble"], pred.get("two_bases")
+        )
         paired = paired_metrics(pred["mixture"], controls, y, seed=params.seed)
         best_control = str(paired.pop("best_control"))
         metrics |= paired
@@ -102,14 +111,16 @@ def main() -> None:
             group_names=groups.names,
             histories=read_histories(paths.REPORTS),
             best_control=best_control,
+            partition=dict(zip(groups.names, groups.members, strict=True)),
+            partition_source=json.loads(paths.GROUPS.read_text())["source"],
         )
         if params.mlflow.register:
-            version = register_mixture(params, x[:2])
+            version = register_mixture(params, groups, x[:2])
             val = json.loads((paths.stage_reports("train_gates") / "metrics.json").read_text())
             split = tracking.file_md5(paths.VAL)
             decision = apply_champion_rule(version, float(val["val_accuracy"]), split)
             tracking.mlflow.log_dict(dataclasses.asdict(decision), "champion_rule.json")
-    link_lineage(parent, params)
+    link_lineage(parent, groups)
     for f in report_files:
         tracking.MlflowClient().log_artifact(parent, str(f), "report")
     tracking.MlflowClient().set_tag(parent, "best_control", best_control)
@@ -128,29 +139,29 @@ def main() -> None:
     )
 
 
-def link_lineage(parent: str, params: Params) -> None:
+def link_lineage(parent: str, groups: Groups) -> None:
     """Tag the pipeline run with the model versions (and runs) behind every output,
     so a pipeline whose stages DVC skipped still shows where each network came from.
     """
     client = tracking.MlflowClient()
-    outs = modelset.model_files(params.groups.names)
+    outs = modelset.model_files(groups.names)
     for name, (version, run_id) in versions_for_outputs(outs).items():
         client.set_tag(parent, f"model_version.{name}", version)
         client.set_tag(parent, f"source_run.{name}", run_id)
 
 
-def register_mixture(params: Params, example: np.ndarray) -> str:
+def register_mixture(params: Params, groups: Groups, example: np.ndarray) -> str:
     """Log and register the assembled mixture as a pyfunc (`hmoe-mixture`)."""
     from mlflow.models import ModelSignature, infer_signature
 
     from hmoe.mixture import Prediction
     from hmoe.serving import MixturePyfunc, mixture_config, predictions_frame
 
-    names = params.groups.names
-    write_json(CONFIG_FILE, mixture_config(params.groups, params.mixture))
+    names = groups.names
+    write_json(CONFIG_FILE, mixture_config(groups, params.mixture, params.gates.inputs))
     files = modelset.model_files(names)
     arts = {name: str(path) for name, path in files.items()} | {"config": str(CONFIG_FILE)}
-    n, n_classes = len(example), len(params.groups.classes)
+    n, n_classes = len(example), len(groups.classes)
     dummy = Prediction(
         probs=np.full((n, n_classes), 1 / n_classes, dtype=np.float32),
         group=np.zeros(n, dtype=np.int64),
@@ -160,7 +171,7 @@ def register_mixture(params: Params, example: np.ndarray) -> str:
     # Outputs only: MLflow enforces an input schema by casting (a uint8 spec turns 0.5
     # into 0) or by refusing other dtypes, so the pyfunc checks its inputs itself
     # (hmoe.serving.to_images) and answers with a message that says what is expected.
-    outputs = predictions_frame(dummy, list(params.groups.classes), list(names))
+    outputs = predictions_frame(dummy, list(groups.classes), list(names))
     signature = ModelSignature(inputs=None, outputs=infer_signature(example, outputs).outputs)
     info = tracking.mlflow.pyfunc.log_model(
         name="mixture",

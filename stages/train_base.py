@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hmoe import modelset, paths, runner
 from hmoe.data import load_split
+from hmoe.data.constants import CIFAR10_CLASSES
 
 STAGE = "train_base"
 
@@ -13,7 +14,7 @@ def main() -> None:
     job = runner.ClassifierJob(
         stage=STAGE,
         cfg=params.base,
-        n_outputs=len(params.groups.classes),
+        n_outputs=len(CIFAR10_CLASSES),
         train=load_split(paths.TRAIN),
         val=load_split(paths.VAL),
         model_path=paths.BASE_MODEL,

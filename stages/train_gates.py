@@ -2,6 +2,8 @@
 
 The gates are fitted on the `gate` split, which no expert or router trained on (their
 outputs there are as confident as on new images), and early-stopped on `val`.
+`gates.fit_on: train` fits them on as many of the experts' own training images
+instead: the in-sample control that shows what held-out fitting is worth.
 
 The frozen networks' outputs are computed once (with the same test-time views that
 evaluate uses); every gate epoch then costs only the gates' small dense layers.
@@ -9,7 +11,7 @@ evaluate uses); every gate epoch then costs only the gates' small dense layers.
 
 from __future__ import annotations
 
-from hmoe import paths, runner
+from hmoe import grouping, paths, runner
 from hmoe.data import load_split
 
 STAGE = "train_gates"
@@ -17,11 +19,15 @@ STAGE = "train_gates"
 
 def main() -> None:
     params = runner.init(STAGE)
+    fit_file = paths.GATE if params.gates.fit_on == "gate" else paths.TRAIN
+    x, y = load_split(fit_file)
+    n = len(load_split(paths.GATE)[1])  # in-sample control: as many images as held out
     job = runner.GateJob(
         stage=STAGE,
-        fit=load_split(paths.GATE),
+        groups=grouping.load_groups(),
+        fit=(x[:n], y[:n]),
         select=load_split(paths.VAL),
-        split_files={"gate": paths.GATE, "val": paths.VAL},
+        split_files={params.gates.fit_on: fit_file, "val": paths.VAL},
     )
     runner.run_gate_job(job, params)
 

@@ -5,7 +5,7 @@ By default a head on the frozen base trunk (`router.freeze_trunk`): one cheap pa
 
 from __future__ import annotations
 
-from hmoe import modelset, nodes, paths, runner
+from hmoe import grouping, modelset, nodes, paths, runner
 from hmoe.data import load_split
 
 STAGE = "train_router"
@@ -13,13 +13,14 @@ STAGE = "train_router"
 
 def main() -> None:
     params = runner.init(STAGE)
+    groups = grouping.load_groups()
     (x, y), (xv, yv) = load_split(paths.TRAIN), load_split(paths.VAL)
     job = runner.ClassifierJob(
         stage=STAGE,
         cfg=params.router,
-        n_outputs=len(params.groups.names),
-        train=(x, nodes.group_labels(y, params.groups)),
-        val=(xv, nodes.group_labels(yv, params.groups)),
+        n_outputs=len(groups.names),
+        train=(x, nodes.group_labels(y, groups)),
+        val=(xv, nodes.group_labels(yv, groups)),
         model_path=paths.ROUTER_MODEL,
         registered_name=modelset.ROUTER,
     )

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.pipeline
 STAGES = {
     "prepare",
     "train_base",
-    "train_specialist@artificial",
-    "train_specialist@natural",
+    "groups",
+    "train_specialists@artificial",
+    "train_specialists@natural",
     "train_router",
     "train_gates",
     "evaluate",
@@ -88,6 +89,12 @@ def test_outputs_and_metrics(repo):
     assert data["digest"].startswith("sha256:")
     history = (root / "reports/train_base/history.csv").read_text().splitlines()
     assert history[0].startswith("epoch") and len(history) == 2
+    specialists = json.loads((root / "reports/train_specialists/metrics.json").read_text())
+    assert set(specialists) == {"artificial", "natural"}
+    assert (root / "reports/train_specialists/history/natural.csv").is_file()
+    assert json.loads((root / "reports/groups.json").read_text())["source"] == "params"
+    assert "two_bases_control_accuracy" not in metrics  # controls.second_base: false
+    assert (root / "models/second_base/NOT_TRAINED").is_file()
 
 
 def test_one_parent_with_a_child_per_stage(repo, client):
@@ -198,3 +205,36 @@ def test_second_repro_reruns_nothing_and_gates_change_reruns_two(repo):
     assert "mixture_accuracy" in header and not any(h.startswith("counts") for h in header)
     summary = _run([sys.executable, "-m", "hmoe.summary"], root, env)
     assert "experiments" in summary and "mixture_accuracy" in summary
+
+
+def test_hierarchy_options_rerun_only_what_they_change(repo):
+    """Auto groups, dustbin specialists, gates on features and the second base, in one
+    experiment: the base is reused, the groups are discovered, the control is scored.
+    """
+    root, env, _ = repo
+    options = [
+        "groups=auto",
+        "grouping.count=2",
+        "specialists.dustbin=0.5",
+        "gates.inputs=both",
+        "controls.second_base=true",
+    ]
+    cmd = ["dvc", "exp", "run", "-n", "options"] + [a for o in options for a in ("-S", o)]
+    ran = _ran(_run(cmd, root, env))
+    assert ran == {
+        "groups",
+        "train_specialists",
+        "train_router",
+        "train_second_base",
+        "train_gates",
+        "evaluate",
+    }
+    record = json.loads((root / "reports/groups.json").read_text())
+    assert record["source"] == "auto" and len(record["groups"]) == 2
+    assert sorted(c for m in record["groups"].values() for c in m) == sorted(CLASSES)
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert 0 <= metrics["two_bases_control_accuracy"] <= 1
+    assert metrics["mixture_rows_sum_max_error"] < 1e-4
+    assert (root / "models/second_base/base.keras").is_file()
+    report = (root / "reports/report/report.md").read_text()
+    assert "## Groups (auto)" in report and "two bases averaged" in report

@@ -24,11 +24,13 @@ def params():
 
 def test_stage_params_are_exactly_the_declared_ones(monkeypatch, params):
     monkeypatch.chdir(ROOT)
-    got = startup.stage_params("train_specialist@natural", params)
+    got = startup.stage_params("train_specialists@natural", params)
     assert got["specialists.epochs"] == params.specialists.epochs
+    assert got["specialists.dustbin"] == params.specialists.dustbin
     assert got["net.width"] == params.net.width
-    assert "groups.natural" in got
-    assert not any(k.startswith(("base.", "gates.", "mlflow.")) for k in got)
+    assert not any(k.startswith(("base.", "gates.", "mlflow.", "groups.")) for k in got)
+    assert "groups.natural" in startup.stage_params("groups", params)
+    assert startup.stage_params("evaluate", params)["gates.inputs"] == params.gates.inputs
     assert set(startup.stage_params("prepare", params)) == {
         "data.source",
         "data.val_size",
@@ -43,7 +45,7 @@ def test_backup_key_changes_with_params_and_stage():
     assert a == runner._backup_key("train_base", {"base.epochs": 8})
     assert a != runner._backup_key("train_base", {"base.epochs": 9})
     assert a != runner._backup_key("train_router", {"base.epochs": 8})
-    assert "@" not in runner._backup_key("train_specialist@natural", {})
+    assert "@" not in runner._backup_key("train_specialists@natural", {})
 
 
 def test_resolve_precision_auto_is_float32_on_cpu_and_explicit_wins():

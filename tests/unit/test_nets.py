@@ -156,7 +156,7 @@ def _dist(rng, shape):
 def test_gate_trainer_matches_numpy_mixture(n_groups):
     rng = np.random.default_rng(n_groups)
     n, c = 16, 10
-    gates = [build_gate(c, hidden=4, name=f"g{g}") for g in range(n_groups)]
+    gates = [build_gate(2 * c, hidden=4, name=f"g{g}") for g in range(n_groups)]
     trainer = build_gate_trainer(gates, c)
     route = _dist(rng, (n, n_groups))
     base = _dist(rng, (n, c))
@@ -184,7 +184,7 @@ def _mixture(routing="hard", tta=0, gates=True):
         router=_net(2),
         base=_net(10),
         specialists={"a": _net(4), "b": _net(6)},
-        gates={"a": build_gate(10, hidden=4), "b": build_gate(10, hidden=4)} if gates else {},
+        gates={"a": build_gate(20, hidden=4), "b": build_gate(20, hidden=4)} if gates else {},
         groups=GROUPS,
         routing=routing,
         tta=tta,

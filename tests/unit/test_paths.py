@@ -29,13 +29,25 @@ def test_outputs_match_paths_module():
     ]
     assert _outs(s["train_base"]) == [str(paths.BASE_MODEL)]
     assert _outs(s["train_router"]) == [str(paths.ROUTER_MODEL)]
-    assert _outs(s["train_specialist"]) == [str(paths.specialist_model("${key}"))]
+    assert _outs(s["groups"]) == [str(paths.GROUPS)]
+    assert _outs(s["train_specialists"]) == [str(paths.SPECIALISTS)]
+    assert paths.specialist_model("x").parent == paths.SPECIALISTS
+    assert _outs(s["train_second_base"]) == [str(paths.SECOND_BASE)]
+    assert paths.SECOND_BASE_MODEL.parent == paths.SECOND_BASE
     assert _outs(s["train_gates"]) == [str(paths.GATES)]
     assert str(paths.METRICS) in str(s["evaluate"]["metrics"])
     assert str(paths.CONFUSION) in str(s["evaluate"]["plots"])
-    assert str(paths.stage_reports("train_specialist@${key}") / "metrics.json") in str(
-        s["train_specialist"]["do"]["metrics"]
-    )
+    assert str(paths.SPECIALIST_METRICS) in str(s["train_specialists"]["metrics"])
+    assert str(paths.SPECIALIST_HISTORY) in str(s["train_specialists"]["plots"])
+    assert paths.specialist_history("x").parent == paths.SPECIALIST_HISTORY
+
+
+def test_groups_file_is_read_by_every_stage_after_groups():
+    s = _stages()
+    for name in ("train_specialists", "train_router", "train_gates", "evaluate"):
+        assert str(paths.GROUPS) in s[name]["deps"], name
+        assert "groups" not in s[name]["params"], name
+    assert "groups" not in s["train_base"]["params"]
 
 
 def test_only_evaluate_reads_the_test_split():
