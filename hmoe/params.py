@@ -106,6 +106,7 @@ class TrainParams:
 
     precision: str
     jit_compile: bool
+    distribute: str  # auto (mirrored when 2+ GPUs), none, or mirrored (every GPU, else CPU)
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("triangle", "cosine")
 TTA_LEVELS = (0, 1, 2)
+DISTRIBUTE = ("auto", "none", "mirrored")  # as hmoe.distribute.SETTINGS (no keras import here)
 GATE_INPUTS = ("probs", "features", "both")
 GATE_FIT = ("gate", "train")
 AUTO_GROUPS = "auto"
@@ -322,6 +324,7 @@ def _check(p: Params) -> None:
     _one_of(p.mixture.routing, ROUTINGS, "mixture.routing")
     _one_of(p.mixture.tta, TTA_LEVELS, "mixture.tta")
     _one_of(p.train.precision, PRECISIONS, "train.precision")
+    _one_of(p.train.distribute, DISTRIBUTE, "train.distribute")
     if not p.mlflow.experiment:
         raise ParamsError("`mlflow.experiment` must be a non-empty name")
 

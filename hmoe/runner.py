@@ -23,6 +23,7 @@ import numpy as np
 
 from hmoe import modelset, nodes, paths, tracking
 from hmoe.data.storage import atomic_write, write_json
+from hmoe.distribute import training_scope
 from hmoe.mixture import Outputs
 from hmoe.params import Groups, NetParams, Params
 from hmoe.startup import data_digest, init, stage_params
@@ -102,7 +103,11 @@ def run_classifier_job(job: ClassifierJob, params: Params) -> dict[str, float]:
     seed = params.seed if job.seed is None else job.seed
     logged = stage_params(job.stage, params) | {"seed": seed}
     backup = paths.BACKUPS / _backup_key(job.stage, logged)
-    with tracked_stage(job.stage, params, {"train": paths.TRAIN, "val": paths.VAL}) as (rep, _):
+    with (
+        tracked_stage(job.stage, params, {"train": paths.TRAIN, "val": paths.VAL}) as (rep, _),
+        training_scope(params.train.distribute) as replicas,
+    ):
+        tracking.mlflow.log_param("replicas", replicas)
         history = job.history or rep / "history.csv"
         history.parent.mkdir(parents=True, exist_ok=True)
         model = nodes.build_network(

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from hmoe import paths, runner, startup, tracking
 from hmoe.data import save_split
-from hmoe.params import load_params
+from hmoe.params import ParamsError, load_params, parse_params
 from hmoe.profile import merged
 from hmoe.serving import InputError, to_images
 from tests.conftest import ROOT
@@ -129,3 +129,18 @@ def test_profile_merge_is_deep_and_profiles_validate():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for profile in sorted((ROOT / "profiles").glob("*.yaml")):
         parse_params(merged(raw, yaml.safe_load(profile.read_text())))
+
+
+def test_distribute_settings():
+    from hmoe.distribute import replica_devices
+
+    assert replica_devices("none") == []
+    assert replica_devices("auto") == []  # no GPU on the test machines
+    with pytest.raises(ValueError, match=r"train\.distribute"):
+        replica_devices("horovod")
+
+
+def test_bad_distribute_param_is_named(raw_params):
+    raw_params["train"]["distribute"] = "multiworker"
+    with pytest.raises(ParamsError, match=r"`train\.distribute`"):
+        parse_params(raw_params)
