@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -102,9 +103,18 @@ def train_network(
     *,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     jit_compile: bool = False,
+    seed: int = 0,
+    state_dir: Path | None = None,
 ) -> dict[str, float]:
-    """Fit ``model`` in place (best val epoch kept); return its training summary."""
-    history = fit_classifier(model, train, val, cfg, callbacks=callbacks, jit_compile=jit_compile)
+    """Fit ``model`` in place (best val epoch kept); return its training summary.
+
+    ``state_dir``: where the resume state lives (see :mod:`hmoe.resume`); the summary
+    then covers only this process's epochs, so resumable callers summarise their CSV.
+    """
+    history = fit_classifier(
+        model, train, val, cfg, seed=seed, state_dir=state_dir, callbacks=callbacks,
+        jit_compile=jit_compile,
+    )  # fmt: skip
     return summarise_history(history.history, monitor="val_accuracy", mode="max")
 
 

@@ -20,13 +20,15 @@ from typing import Any
 
 import keras
 import numpy as np
+import pandas as pd
 
 from hmoe import modelset, nodes, paths, tracking
 from hmoe.data.storage import atomic_write, write_json
 from hmoe.distribute import training_scope
 from hmoe.mixture import Outputs
 from hmoe.params import Groups, NetParams, Params
-from hmoe.startup import data_digest, init, stage_params
+from hmoe.resume import completed_epochs
+from hmoe.startup import StageError, data_digest, init, stage_params
 
 logger = logging.getLogger("hmoe")
 __all__ = ["ClassifierJob", "GateJob", "init", "run_classifier_job", "run_gate_job"]
@@ -101,15 +103,23 @@ def run_classifier_job(job: ClassifierJob, params: Params) -> dict[str, float]:
     """Build (from the base when the recipe says so), train, save, log, register."""
     init = modelset.load_model(paths.BASE_MODEL) if job.cfg.init_from_base else None
     seed = params.seed if job.seed is None else job.seed
-    logged = stage_params(job.stage, params) | {"seed": seed}
-    backup = paths.BACKUPS / _backup_key(job.stage, logged)
+    backup = paths.BACKUPS / _backup_key(job.stage, resume_inputs(job, params, seed))
+    resumed_at = completed_epochs(backup)
     with (
         tracked_stage(job.stage, params, {"train": paths.TRAIN, "val": paths.VAL}) as (rep, _),
         training_scope(params.train.distribute) as replicas,
     ):
         tracking.mlflow.log_param("replicas", replicas)
+        if resumed_at:
+            tracking.mlflow.set_tag("resumed_from_epoch", resumed_at)
+            logger.info("%s: resuming after epoch %d from %s", job.stage, resumed_at, backup)
         history = job.history or rep / "history.csv"
-        history.parent.mkdir(parents=True, exist_ok=True)
+        # The epochs' log lives with the backup until the end: DVC deletes a stage's
+        # outputs before it reruns the stage, which would lose a killed attempt's rows.
+        epoch_log = backup / "history.csv"
+        backup.mkdir(parents=True, exist_ok=True)
+        if not resumed_at:
+            epoch_log.unlink(missing_ok=True)
         model = nodes.build_network(
             job.n_outputs,
             params.net,
@@ -127,20 +137,34 @@ def run_classifier_job(job: ClassifierJob, params: Params) -> dict[str, float]:
             len(job.val[0]),
         )
         callbacks = [
+            keras.callbacks.TerminateOnNaN(),
             tracking.EpochLogger(),
-            keras.callbacks.CSVLogger(str(history)),
-            keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True),
+            keras.callbacks.CSVLogger(str(epoch_log), append=bool(resumed_at)),
+            keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False),
         ]
         start = time.perf_counter()
-        metrics = nodes.train_network(
+        nodes.train_network(
             model, job.cfg, job.train, job.val, callbacks=callbacks,
-            jit_compile=params.train.jit_compile,
+            jit_compile=params.train.jit_compile, seed=seed, state_dir=backup / "state",
         )  # fmt: skip
+        # from the CSV: with a resume it holds the epochs of every attempt
+        epochs = pd.read_csv(epoch_log)
+        atomic_write(history, lambda tmp: shutil.copyfile(epoch_log, tmp))
+        if model.stop_training and not np.isfinite(epochs["loss"]).all():
+            shutil.rmtree(backup, ignore_errors=True)  # never resume from NaN weights
+            section = job.stage.split("@")[0].removeprefix("train_").replace("second_", "")
+            raise StageError(
+                f"{job.stage}: the training loss became NaN, so training stopped and nothing "
+                f"was saved. Lower `{section}.learning_rate` (now {job.cfg.learning_rate}) "
+                "or check the input images"
+            )
+        metrics = nodes.summarise_history(
+            epochs.to_dict("list"), monitor="val_accuracy", mode="max"
+        )
         fit_s = time.perf_counter() - start
-        metrics |= {
-            "fit_s": fit_s,
-            "train_images_per_s": len(job.train[0]) * metrics["epochs_run"] / fit_s,
-        }
+        images = len(job.train[0]) * (metrics["epochs_run"] - resumed_at)
+        # timings go to MLflow only: a DVC metric would differ between identical models
+        tracking.mlflow.log_metrics({"fit_s": fit_s, "train_images_per_s": images / fit_s})
         example = job.val[0][:4]
         models = {job.model_path: (model, job.registered_name, example)}
         finish_training(job.stage, rep if job.write_metrics else None, metrics, models, params)
@@ -190,7 +214,7 @@ def run_gate_job(job: GateJob, params: Params) -> dict[str, float]:
             (out_sel, job.select[1]),
             callbacks=[tracking.EpochLogger(), keras.callbacks.CSVLogger(str(rep / "history.csv"))],
         )
-        metrics["fit_s"] = time.perf_counter() - start
+        tracking.mlflow.log_metric("fit_s", time.perf_counter() - start)  # MLflow only
         models = {
             paths.gate_model(g): (gate, modelset.gate_name(g), example)
             for (g, gate), example in zip(
@@ -212,7 +236,18 @@ def _gate_examples(out: Outputs, n: int, mode: str) -> list[np.ndarray]:
     return [out.gate_inputs(g, mode)[:4] for g in range(n)]
 
 
+def resume_inputs(job: ClassifierJob, params: Params, seed: int) -> dict[str, Any]:
+    """Everything that decides a training run's result: a backup made with any of it
+    different must not be resumed (new data, another base, another recipe).
+    """
+    inputs = stage_params(job.stage, params) | {"seed": seed, "data_digest": data_digest()}
+    inputs |= {"n_outputs": job.n_outputs, "train": len(job.train[1]), "val": len(job.val[1])}
+    if job.cfg.init_from_base:
+        inputs["base_md5"] = tracking.file_md5(paths.BASE_MODEL)
+    return inputs
+
+
 def _backup_key(stage: str, logged: Mapping[str, Any]) -> str:
-    """Backups are per stage and params, so a changed recipe never resumes a stale run."""
+    """Backups are per stage and inputs, so a changed recipe never resumes a stale run."""
     digest = hashlib.sha256(json.dumps(dict(logged), sort_keys=True, default=str).encode())
     return f"{stage.replace('@', '-')}-{digest.hexdigest()[:12]}"

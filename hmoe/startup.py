@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,22 @@ from hmoe.params import Params, ParamsError, flatten, load_params
 logger = logging.getLogger("hmoe")
 
 
+class StageError(RuntimeError):
+    """A stage cannot go on; the message says why and what to do (no traceback shown)."""
+
+
+# Errors whose message is the whole story for the user: shown on one line, exit 2.
+USER_ERRORS = (ParamsError, StageError, FileNotFoundError, PermissionError)
+
+
 def init(stage: str, *, keras_setup: bool = True) -> Params:
-    """Logging, params (validated before any work), seed and float policy."""
+    """Logging, error handling, params (validated before any work), seeds, determinism
+    and float policy.
+    """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    install_handlers(stage)
     try:
         params = load_params(paths.PARAMS)
     except ParamsError as err:
@@ -34,6 +46,11 @@ def init(stage: str, *, keras_setup: bool = True) -> Params:
         import keras
 
         keras.utils.set_random_seed(params.seed)
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            # same params and data -> same numbers (tests/pipeline/test_reliability.py)
+            tf.config.experimental.enable_op_determinism()
         policy, why = resolve_precision(params.train.precision)
         keras.mixed_precision.set_global_policy(policy)
         logger.info("stage %s: params ok, precision %s (%s)", stage, policy, why)
@@ -72,3 +89,27 @@ def data_digest() -> str | None:
     if paths.DATA_REPORT.is_file():
         return json.loads(paths.DATA_REPORT.read_text()).get("digest")
     return None
+
+
+def install_handlers(stage: str) -> None:
+    """SIGTERM stops a stage like Ctrl-C (its MLflow run is marked KILLED, outputs are
+    written atomically, the training backup is kept for the rerun); user errors and
+    interruptions print one line instead of a traceback.
+    """
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    def excepthook(kind, err, tb):
+        if issubclass(kind, KeyboardInterrupt):
+            logger.error(
+                "%s: interrupted; completed epochs are kept: rerun `dvc repro` to resume", stage
+            )
+            sys.exit(130)
+        if issubclass(kind, USER_ERRORS):
+            logger.error("%s: %s", stage, err)
+            sys.exit(2)
+        sys.__excepthook__(kind, err, tb)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    sys.excepthook = excepthook

@@ -2,8 +2,12 @@
 
 Stages are separate processes started by DVC, so nothing can be shared in memory:
 the parent run is found (or created) by its ``hmoe_pipeline`` tag and its RUNNING
-status. The evaluate stage, last in the pipeline, finishes it; a crashed pipeline
-leaves it RUNNING, so the rerun continues under the same parent.
+status. That tag identifies one pipeline execution: the DVC experiment's name, or
+for `dvc repro` the commit plus a digest of the uncommitted params and code, so a
+rerun after editing params.yaml gets a new parent while a rerun of the same inputs
+after a crash continues under the crashed one. The evaluate stage finishes it.
+A stage interrupted by Ctrl-C or SIGTERM is marked KILLED, one that raised FAILED;
+a stage killed outright (SIGKILL) is marked KILLED by its rerun, which names it.
 """
 
 from __future__ import annotations
@@ -63,21 +67,103 @@ def git_commit() -> str:
 
 
 def pipeline_key() -> str:
-    """Identity of one pipeline execution: the DVC experiment, else the commit."""
-    return os.environ.get("DVC_EXP_NAME") or f"repro@{git_commit()[:10]}"
+    """Identity of one pipeline execution: the DVC experiment, else the commit and
+    the digest of what is not committed yet (params, dvc.yaml, code).
+    """
+    return os.environ.get("DVC_EXP_NAME") or f"repro@{git_commit()[:10]}-{inputs_digest()}"
+
+
+def inputs_digest() -> str:
+    """Digest of params.yaml, dvc.yaml and every uncommitted change to the code.
+
+    Stage outputs (dvc.lock, reports/, models/) are left out: they change while the
+    pipeline runs, and the parent must stay the same from its first stage to its last.
+    """
+    digest = hashlib.sha256()
+    for name in ("params.yaml", "dvc.yaml"):
+        path = Path(name)
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    try:
+        changed = subprocess.run(
+            ["git", "diff", "HEAD", "--", "hmoe", "stages"],
+            capture_output=True, check=True, cwd=Path.cwd(),
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        changed = b""
+    digest.update(changed)
+    return digest.hexdigest()[:8]
 
 
 def setup(experiment: str) -> str:
-    """Point MLflow at the store and experiment; return the experiment id."""
-    mlflow.set_tracking_uri(tracking_uri())
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        exp_id = client.create_experiment(experiment, artifact_location=artifact_location())
-    else:
-        exp_id = exp.experiment_id
+    """Point MLflow at the store and experiment; return the experiment id.
+
+    On the default SQLite store, queued experiments running in parallel (`dvc queue
+    start -j N`) would create its schema, or the experiment, at the same moment and
+    one would fail (an alembic migration race): a file lock beside the database
+    makes them take turns.
+    """
+    uri = tracking_uri()
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        client = MlflowClient()
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            exp_id = client.create_experiment(experiment, artifact_location=artifact_location())
+        else:
+            exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def masked(uri: str) -> str:
+    """``uri`` with any password replaced by ***, for messages and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the (masked) URI, when a tracking server does not answer:
+    MLflow's own client would retry with backoff for minutes.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    from hmoe.startup import StageError
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise StageError(
+            f"the MLflow tracking server {masked(uri)} does not answer ({reason}); start it "
+            "(see README, Team setup) or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
+        ) from None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on ``<db>.lock`` for a local SQLite store; nothing otherwise."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def common_tags() -> dict[str, str]:
@@ -127,10 +213,37 @@ def stage_run(
     if data_digest:
         tags["data_digest"] = data_digest
     start = time.perf_counter()
-    with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags) as run:
+    stale = mark_killed_attempts(exp_id, parent, stage)
+    if stale:
+        tags["resumes_runs"] = ",".join(stale)
+    run = mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags)
+    try:
         mlflow.log_params(dict(params))
         yield run, parent
         mlflow.log_metric("wall_s", time.perf_counter() - start)
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def mark_killed_attempts(experiment_id: str, parent: str, stage: str) -> list[str]:
+    """Earlier runs of this stage under this parent still RUNNING were killed outright
+    (SIGKILL, power loss): mark them KILLED and return their ids for the new run's tag.
+    """
+    client = MlflowClient()
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{STAGE_TAG} = '{stage}' and tags.mlflow.parentRunId = '{parent}' "
+        "and attributes.status = 'RUNNING'",
+    )
+    for run in found:
+        client.set_terminated(run.info.run_id, "KILLED")
+        logger.warning("%s: earlier attempt %s was killed; marked KILLED", stage, run.info.run_id)
+    return [r.info.run_id for r in found]
 
 
 class EpochLogger(keras.callbacks.Callback):

@@ -1,4 +1,5 @@
-"""Training loops: pure compute on arrays (no files, no tracking).
+"""Training loops: compute on arrays (no tracking; files only for the resume state a
+caller asks for with ``state_dir``).
 
 Callers pass callbacks for logging and checkpointing; these functions only build
 the optimiser and schedule, and select on the validation split.
@@ -9,12 +10,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 import numpy as np
 
+from hmoe.data.storage import atomic_write
 from hmoe.nets import build_gate_trainer
 from hmoe.params import GateParams, NetParams
+from hmoe.resume import BestKeeper, EpochBatches, EpochSeeds
 
 logger = logging.getLogger(__name__)
 
@@ -78,18 +82,38 @@ class Lookahead(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, total_steps: int, start_epoch: int = 2, every: int = 5, base=0.95, power=3.0
+        self,
+        total_steps: int,
+        start_epoch: int = 2,
+        every: int = 5,
+        base=0.95,
+        power=3.0,
+        state_dir: Path | None = None,
     ):
         super().__init__()
         self.total, self.start_epoch, self.every = max(1, total_steps), start_epoch, every
         self.base, self.power = base, power
         self.step, self.epoch, self.avg = 0, 0, None
+        self.state = None if state_dir is None else Path(state_dir) / "lookahead.npz"
 
     def _vars(self):
         return [v for v in self.model.weights if "float" in str(v.dtype)]
 
+    def on_train_begin(self, logs=None):
+        if self.state is not None and self.state.is_file():  # a resumed run
+            with np.load(self.state) as f:
+                self.step = int(f["step"])
+                n = len(f.files) - 1
+                self.avg = [f[f"a{i}"] for i in range(n)] if n else None
+
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+        self.step = epoch * self.params["steps"]  # also right after a resume
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.state is not None:
+            arrays = {f"a{i}": a for i, a in enumerate(self.avg or [])}
+            atomic_write(self.state, lambda tmp: np.savez(tmp, step=self.step, **arrays))
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
@@ -116,11 +140,18 @@ def fit_classifier(
     val: tuple[np.ndarray, np.ndarray],
     cfg: NetParams,
     *,
+    seed: int = 0,
+    state_dir: Path | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     jit_compile: bool = False,
     verbose: int = 2,
 ) -> keras.callbacks.History:
-    """Train ``model`` on integer labels; keep the weights of the best val epoch."""
+    """Train ``model`` on integer labels; keep the weights of the best val epoch.
+
+    Batch order and augmentation depend only on (``seed``, epoch), and the early
+    stopping and lookahead state is saved in ``state_dir`` (when given, beside a
+    ``BackupAndRestore`` backup), so a killed run resumes exactly (:mod:`hmoe.resume`).
+    """
     n_classes = model.output_shape[-1]
     (x, y), (xv, yv) = train, val
     if len(x) == 0 or len(xv) == 0:
@@ -132,20 +163,18 @@ def fit_classifier(
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
     )
+    batches = EpochBatches(x, y, cfg.batch_size, n_classes, seed)
     extra: list[keras.callbacks.Callback] = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", patience=cfg.patience, restore_best_weights=True
-        )
+        EpochSeeds(seed, batches),
+        BestKeeper("val_accuracy", cfg.patience, state_dir),
     ]
     if cfg.lookahead:
-        extra.insert(0, Lookahead(steps))
+        extra.insert(0, Lookahead(steps, state_dir=state_dir))
     return model.fit(
-        x,
-        keras.utils.to_categorical(y, n_classes),
+        batches,
         validation_data=(xv, keras.utils.to_categorical(yv, n_classes)),
         epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        shuffle=True,
+        shuffle=False,  # EpochBatches shuffles by (seed, epoch); Keras' own would not resume
         callbacks=[*extra, *callbacks],
         verbose=verbose,
     )

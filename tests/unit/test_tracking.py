@@ -74,3 +74,22 @@ def test_failed_stage_keeps_parent_open_for_the_rerun(store):
         if r.data.tags.get(tracking.ROLE_TAG) == "stage"
     }
     assert statuses == {"FAILED", "FINISHED"}
+
+
+def test_unreachable_tracking_server_fails_fast_with_the_masked_uri():
+    import socket
+    import time
+
+    from hmoe.startup import StageError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://alice:s3cret@127.0.0.1:{port}"
+    start = time.monotonic()
+    with pytest.raises(StageError) as err:
+        tracking.check_reachable(uri)
+    assert time.monotonic() - start < 10
+    assert f"alice:***@127.0.0.1:{port}" in str(err.value)
+    assert "s3cret" not in str(err.value)
+    assert tracking.masked("sqlite:///x.db") == "sqlite:///x.db"

@@ -1,0 +1,119 @@
+"""Reliability with the real `dvc` and MLflow's default SQLite store, on tiny data:
+parallel queued experiments on a store that does not exist yet, the same numbers from
+the same inputs, and a training stage killed with SIGKILL that resumes to the result
+of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.support.tinyrepo import base_env, make_repo
+from tests.support.tinyrepo import run as _run
+
+pytestmark = pytest.mark.pipeline
+EPOCHS = 4  # enough epochs for a kill to land mid-training
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reliability")
+    env = base_env(root / "repo")
+    repo = make_repo(root, "hmoe-reliability", env)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["base"].update(epochs=EPOCHS, batch_size=8)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "commit", "-qam", "longer base"], repo, env)
+    return repo, env
+
+
+def _wait_queue(repo, env, timeout=900):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = _run(["dvc", "queue", "status"], repo, env)
+        if not any(s in status for s in ("Running", "Queued")):
+            return status
+        time.sleep(3)
+    raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
+
+
+def test_parallel_queue_on_a_fresh_default_store_gives_identical_runs(repo):
+    root, env = repo
+    assert not (root / "mlflow.db").exists()  # both runs race to create the store
+    for name in ("twin-a", "twin-b"):
+        _run(["dvc", "exp", "run", "--queue", "-n", name, "train_base"], root, env)
+    _run(["dvc", "queue", "start", "-j", "2"], root, env)
+    status = _wait_queue(root, env)
+    assert status.count("Success") == 2, status
+    rows = list(csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], root, env))))
+    twins = [r for r in rows if r["Experiment"] in ("twin-a", "twin-b")]
+    assert len(twins) == 2
+    numbers = [{k: v for k, v in r.items() if k.endswith(("accuracy", "epoch", "run", "loss"))}
+               for r in twins]  # fmt: skip
+    assert numbers[0]["val_accuracy"] != ""
+    assert numbers[0] == numbers[1]  # op determinism + seeded batches: exactly equal
+
+
+def _backup_started(root) -> bool:
+    return any((root / ".cache/hmoe/backup").glob("train_base-*/training_metadata.json"))
+
+
+def test_sigkilled_training_resumes_to_the_uninterrupted_result(repo):
+    root, env = repo
+    _run(["dvc", "repro", "train_base"], root, env)
+    reference = json.loads((root / "reports/train_base/metrics.json").read_text())
+    ref_history = pd.read_csv(root / "reports/train_base/history.csv")
+    assert len(ref_history) == EPOCHS
+
+    proc = subprocess.Popen(
+        ["dvc", "repro", "-f", "-s", "train_base"], cwd=root, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not _backup_started(root) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = json.loads((root / ".cache/hmoe/backup").glob("*/training_metadata.json").__next__()
+                      .read_text())["epoch"]  # fmt: skip
+    assert 1 <= done < EPOCHS
+
+    # forced: DVC's run cache would otherwise restore the reference run's outputs
+    out = _run(["dvc", "repro", "-f", "-s", "train_base"], root, env)
+    assert f"resuming after epoch {done}" in out
+    resumed = json.loads((root / "reports/train_base/metrics.json").read_text())
+    assert resumed.keys() == reference.keys()
+    for key, value in reference.items():
+        assert resumed[key] == pytest.approx(value, abs=1e-6), key
+    history = pd.read_csv(root / "reports/train_base/history.csv")
+    assert list(history["epoch"]) == list(range(EPOCHS))
+    np.testing.assert_allclose(history["val_accuracy"], ref_history["val_accuracy"], atol=1e-6)
+    np.testing.assert_allclose(history["loss"], ref_history["loss"], rtol=1e-5)
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("hmoe-reliability")
+    runs = client.search_runs([exp.experiment_id], "tags.hmoe_stage = 'train_base'")
+    by_status = {}
+    for r in runs:
+        by_status.setdefault(r.info.status, []).append(r)
+    assert len(by_status.get("KILLED", [])) == 1
+    newest = max(runs, key=lambda r: r.info.start_time)
+    assert newest.info.status == "FINISHED"
+    assert newest.data.tags["resumed_from_epoch"] == str(done)
+    assert newest.data.tags["resumes_runs"] == by_status["KILLED"][0].info.run_id
