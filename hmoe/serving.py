@@ -101,7 +101,16 @@ class MixturePyfunc(mlflow.pyfunc.PythonModel):
         self.group_names = list(groups.names)
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        pred = self.mixture.predict_details(to_images(model_input))
+        try:
+            images = to_images(model_input)
+        except InputError as err:
+            # An MlflowException's message is what the scoring server puts in the 4xx
+            # response's "message"; any other exception becomes a generic one there.
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+        pred = self.mixture.predict_details(images)
         return predictions_frame(pred, self.classes, self.group_names)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +72,7 @@ def test_runs_models_and_artifacts_land_on_the_server(team, services):
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("hmoe_role") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len([r for r in runs if r.data.tags.get("hmoe_role") == "stage"]) == 7
+    assert len([r for r in runs if r.data.tags.get("hmoe_role") == "stage"]) == 8
     names = {m.name for m in client.search_registered_models()}
     assert names >= MODELS
     champion = client.get_model_version_by_alias("hmoe-mixture", "champion")
@@ -190,6 +189,7 @@ def test_champion_answers_http_like_in_process(team, services, served):
 def test_malformed_requests_get_a_4xx_that_says_what_is_expected(served, payload, needle):
     status, text = _post(served, payload)
     assert 400 <= status < 500, (status, text[:300])
-    assert re.search(re.escape(needle), text), text[:500]
+    if needle:  # the response's message itself says what is expected (not a traceback)
+        assert needle in json.loads(text)["message"], text[:500]
     ok, _ = _post(served, {"inputs": np.zeros((1, 32, 32, 3), dtype=np.uint8).tolist()})
     assert ok == 200  # the server keeps serving
