@@ -20,6 +20,8 @@ from hmoe import tracking
 from hmoe.summary import paired_lift
 
 COLUMNS = {
+    "val_mixture": "val: mixture",
+    "val_base": "val: base",
     "mixture_accuracy": "mixture",
     "base_accuracy": "base",
     "two_bases_control_accuracy": "two bases",
@@ -38,11 +40,26 @@ def parents(prefix: str, experiment: str) -> pd.DataFrame:
     )
     rows = [
         {"name": r.info.run_name, "best_control": r.data.tags.get("best_control", ""),
-         **r.data.metrics}
+         **r.data.metrics, **val_metrics(client, exp.experiment_id, r.info.run_id)}
         for r in runs
         if r.info.run_name.startswith(prefix)
     ]  # fmt: skip
     return pd.DataFrame(rows).drop_duplicates("name").set_index("name").sort_index()
+
+
+def val_metrics(client: MlflowClient, experiment_id: str, parent: str) -> dict[str, float]:
+    """The mixture's and the base's validation accuracy (train_gates): what selects."""
+    gates = client.search_runs(
+        [experiment_id],
+        f"tags.mlflow.parentRunId = '{parent}' and tags.{tracking.STAGE_TAG} = 'train_gates'",
+    )
+    if not gates:
+        return {}
+    m = gates[0].data.metrics
+    return {
+        "val_mixture": m.get("final_val_accuracy"),
+        "val_base": m.get("final_val_base_accuracy"),
+    }
 
 
 def lift(row: pd.Series, key: str) -> str:
