@@ -335,3 +335,13 @@ def test_cifar100_meta_is_rejected(tmp_path: Path) -> None:
     meta = {b"label_names": [b"apple", b"aquarium_fish"]}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     _raises(["batches.meta", "CIFAR-100"], folder)
+
+
+def test_label_out_of_range_in_a_batch_is_named(tmp_path: Path) -> None:
+    from tests.support.synthetic import _batch_pickle
+
+    folder = _batches(tmp_path / "batches")
+    x, y = make_images(2, seed=0)
+    y[0] = 10
+    (folder / "test_batch").write_bytes(_batch_pickle(x, y, "testing batch 1 of 1"))
+    _raises(["labels must lie in 0..9", "got 0..10"], folder)
