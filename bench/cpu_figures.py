@@ -5,7 +5,7 @@ Run from the repository root after `dvc repro` / `dvc exp run` on the real data:
     python bench/cpu_figures.py [--precision-images 2048] [--skip-precision]
 
 1. names the CPU (model and the flags that decide bfloat16: avx512_bf16, amx_bf16);
-2. reads reports/ of the workspace run: per-stage fit time and training images/s;
+2. reads the MLflow store: per-stage fit time, training images/s and val accuracy;
 3. reads the MLflow store: end-to-end wall time (first stage start to last stage end)
    of every finished pipeline run, and test accuracies of each, with mean and std
    across runs (e.g. a seed sweep);
@@ -18,7 +18,6 @@ One line per figure, prefixed with the machine. Do not run it beside other heavy
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -50,13 +49,35 @@ def say(what: str, value: str) -> None:
 
 
 def stage_figures() -> None:
-    reports = Path("reports")
-    for path in sorted(reports.glob("train_*/**/metrics.json")):
-        m = json.loads(path.read_text())
-        stage = "/".join(path.relative_to(reports).parts[:-1])
+    """Per training run: fit time and images/s (MLflow only since they are not DVC
+    metrics) and the best val accuracy, newest run of each stage name first.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from hmoe import tracking
+
+    tracking.mlflow.set_tracking_uri(tracking.tracking_uri())
+    client = MlflowClient()
+    from hmoe.params import load_params
+
+    exp = client.get_experiment_by_name(load_params().mlflow.experiment)
+    if exp is None:
+        return
+    seen = set()
+    runs = client.search_runs(
+        [exp.experiment_id], f"tags.{tracking.ROLE_TAG} = 'stage'", order_by=["start_time DESC"]
+    )
+    for run in runs:
+        m, name = run.data.metrics, run.info.run_name
+        m = {k.removeprefix("final_"): v for k, v in m.items()} | m  # older runs: final_fit_s
+        if name in seen or "fit_s" not in m or "final_val_accuracy" not in m:
+            continue
+        seen.add(name)
         ips = m.get("train_images_per_s")
         extra = f", {ips:.0f} train img/s" if ips else ""
-        say(f"stage {stage}", f"fit {m['fit_s']:.0f} s{extra}, val acc {m['val_accuracy']:.4f}")
+        say(
+            f"stage {name}", f"fit {m['fit_s']:.0f} s{extra}, val acc {m['final_val_accuracy']:.4f}"
+        )
 
 
 def pipeline_runs() -> None:
