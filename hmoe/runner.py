@@ -99,6 +99,27 @@ class ClassifierJob:
     write_metrics: bool = True  # False: the stage gathers several jobs' metrics itself
 
 
+def base_job(
+    stage: str, params: Params, model_path: Path, registered_name: str, seed: int | None = None
+) -> ClassifierJob:
+    """A base network's job (the base, or the control's second base): all classes, the
+    train split, selected on val.
+    """
+    from hmoe.data import load_split
+    from hmoe.data.constants import CIFAR10_CLASSES
+
+    return ClassifierJob(
+        stage=stage,
+        cfg=params.base,
+        n_outputs=len(CIFAR10_CLASSES),
+        train=load_split(paths.TRAIN),
+        val=load_split(paths.VAL),
+        model_path=model_path,
+        registered_name=registered_name,
+        seed=seed,
+    )
+
+
 def run_classifier_job(job: ClassifierJob, params: Params) -> dict[str, float]:
     """Build (from the base when the recipe says so), train, save, log, register."""
     init = modelset.load_model(paths.BASE_MODEL) if job.cfg.init_from_base else None

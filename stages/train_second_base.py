@@ -13,8 +13,6 @@ import logging
 import keras
 
 from hmoe import modelset, paths, runner
-from hmoe.data import load_split
-from hmoe.data.constants import CIFAR10_CLASSES
 from hmoe.data.storage import write_json
 
 STAGE = "train_second_base"
@@ -34,16 +32,7 @@ def main() -> None:
         return
     seed = params.seed + SEED_OFFSET
     keras.utils.set_random_seed(seed)
-    job = runner.ClassifierJob(
-        stage=STAGE,
-        cfg=params.base,
-        n_outputs=len(CIFAR10_CLASSES),
-        train=load_split(paths.TRAIN),
-        val=load_split(paths.VAL),
-        model_path=paths.SECOND_BASE_MODEL,
-        registered_name=modelset.SECOND_BASE,
-        seed=seed,
-    )
+    job = runner.base_job(STAGE, params, paths.SECOND_BASE_MODEL, modelset.SECOND_BASE, seed)
     runner.run_classifier_job(job, params)
 
 
