@@ -56,6 +56,20 @@ def load_params(args: argparse.Namespace):
     return parse_params(raw)
 
 
+def assemble(p, groups, router, base, specs, gates=()) -> Mixture:
+    """The mixture of trained networks under params ``p`` (no gates: experts only)."""
+    return Mixture(
+        router=router,
+        base=base,
+        specialists=specs,
+        gates=dict(zip(groups.names, gates, strict=True)) if gates else {},
+        groups=groups,
+        routing=p.mixture.routing,
+        tta=p.mixture.tta,
+        gate_inputs=p.gates.inputs,
+    )
+
+
 def timed_train(p, name, cfg, n_out, train, val, init=None):
     model = nodes.build_network(
         n_out, p.net, cfg, seed=p.seed, name=name, init=init, whitening_images=train[0]
@@ -117,31 +131,14 @@ def main() -> None:
         base if p.router.init_from_base else None,
     )
     start = time.perf_counter()
-    experts = Mixture(
-        router=router,
-        base=base,
-        specialists=specs,
-        gates={},
-        groups=groups,
-        tta=p.mixture.tta,
-        gate_inputs=p.gates.inputs,
-    )
+    experts = assemble(p, groups, router, base, specs)
     out_gate, out_val = experts.outputs(xg), experts.outputs(xv)
     gates, summary = nodes.train_gates(
         groups, p.gates, p.mixture.routing, (out_gate, yg), (out_val, yv)
     )
     say("gates", f"{time.perf_counter() - start:.1f} s, val acc {summary['val_accuracy']:.4f}")
     start = time.perf_counter()
-    mix = Mixture(
-        router=router,
-        base=base,
-        specialists=specs,
-        gates=dict(zip(groups.names, gates, strict=True)),
-        groups=groups,
-        routing=p.mixture.routing,
-        tta=p.mixture.tta,
-        gate_inputs=p.gates.inputs,
-    )
+    mix = assemble(p, groups, router, base, specs, gates)
     metrics, _ = nodes.evaluate_mixture(mix, data.x_test, data.y_test)
     say("evaluate_s", f"{time.perf_counter() - start:.1f}")
     for key in sorted(k for k in metrics if k.endswith("accuracy") or k.startswith("lift")):

@@ -26,21 +26,19 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from pipeline_compute import say, timed_train
+from pipeline_compute import assemble, say, timed_train
 
-from hmoe import grouping, nodes
+from hmoe import grouping, modelset, nodes
 from hmoe.controls import control_predictions
 from hmoe.data import load_source
 from hmoe.data.constants import CIFAR10_CLASSES
 from hmoe.data.split import prepare_splits
 from hmoe.metrics import confusion
-from hmoe.mixture import Mixture
 from hmoe.params import Params, parse_groups, parse_params
 from hmoe.profile import merged
 from hmoe.startup import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
-SECOND_SEED_OFFSET = 1000  # as stages/train_second_base.py
 # name -> overrides of params.yaml (one factor at a time from the defaults)
 CONFIGS = {
     "default": {},
@@ -71,7 +69,7 @@ class SeedRun:
         p = params_for(raw, {}, seed)
         keras.utils.set_random_seed(seed)
         self.base = timed_train(p, "base", p.base, 10, (self.x, self.y), (self.xv, self.yv))
-        p2 = dataclasses.replace(p, seed=seed + SECOND_SEED_OFFSET)
+        p2 = dataclasses.replace(p, seed=seed + modelset.SECOND_BASE_SEED_OFFSET)
         keras.utils.set_random_seed(p2.seed)
         self.base2 = timed_train(p2, "base2", p.base, 10, (self.x, self.y), (self.xv, self.yv))
         pred = np.argmax(self.base.predict(self.xv, batch_size=512, verbose=0), axis=1)
@@ -115,31 +113,13 @@ def run_config(run: SeedRun, name: str, overrides: dict, test: tuple) -> tuple[d
     keras.utils.set_random_seed(run.seed)
     groups = run.groups(p)
     specs, router = run.specialists(p, groups), run.router(p, groups)
-    experts = Mixture(
-        router=router,
-        base=run.base,
-        specialists=specs,
-        gates={},
-        groups=groups,
-        tta=p.mixture.tta,
-        gate_inputs=p.gates.inputs,
-    )
-    n = len(run.yg)
-    fit = (run.xg, run.yg) if p.gates.fit_on == "gate" else (run.x[:n], run.y[:n])
+    experts = assemble(p, groups, router, run.base, specs)
+    fit = nodes.gate_fit_split(p.gates.fit_on, (run.xg, run.yg), (run.x, run.y))
     out_fit, out_val = experts.outputs(fit[0]), experts.outputs(run.xv)
     gates, summary = nodes.train_gates(
         groups, p.gates, p.mixture.routing, (out_fit, fit[1]), (out_val, run.yv)
     )
-    mix = Mixture(
-        router=router,
-        base=run.base,
-        specialists=specs,
-        gates=dict(zip(groups.names, gates, strict=True)),
-        groups=groups,
-        routing=p.mixture.routing,
-        tta=p.mixture.tta,
-        gate_inputs=p.gates.inputs,
-    )
+    mix = assemble(p, groups, router, run.base, specs, gates)
     metrics, pred = nodes.evaluate_mixture(mix, *test, run.base2)
     controls = control_predictions(
         pred["outputs"], mix.routing, pred["ensemble"], pred["two_bases"]

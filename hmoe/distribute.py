@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 import keras
 
+from hmoe.params import DISTRIBUTE as SETTINGS
+
 logger = logging.getLogger(__name__)
-SETTINGS = ("auto", "none", "mirrored")
 
 
 def replica_devices(setting: str) -> list[str]:

@@ -176,10 +176,7 @@ class Mixture:
 
             trunk = self.base.get_layer(TRUNK_OUTPUT).output
             self._base_and_features = keras.Model(self.base.inputs, [self.base.output, trunk])
-        probs, feats = 0.0, 0.0
-        for w, v in tta_views(x, self.tta):
-            p, f = self._base_and_features.predict(v, batch_size=self.batch_size, verbose=0)
-            probs, feats = probs + w * np.asarray(p), feats + w * np.asarray(f, np.float32)
+        probs, feats = self._views_mean(self._base_and_features, x)
         return probs, feats
 
     def _predict(self, model, x: np.ndarray) -> np.ndarray:
@@ -188,10 +185,16 @@ class Mixture:
             return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
         if x.ndim != 4:
             return np.asarray(model.predict(x, batch_size=self.batch_size, verbose=0))
-        return sum(
-            w * np.asarray(model.predict(v, batch_size=self.batch_size, verbose=0))
+        return self._views_mean(model, x)[0]
+
+    def _views_mean(self, model, x: np.ndarray) -> list[np.ndarray]:
+        """Each of ``model``'s outputs, weighted-averaged over the TTA views of images."""
+        views = [
+            (w, model.predict(v, batch_size=self.batch_size, verbose=0))
             for w, v in tta_views(x, self.tta)
-        )
+        ]
+        views = [(w, outs if isinstance(outs, list | tuple) else [outs]) for w, outs in views]
+        return [sum(w * np.asarray(outs[i]) for w, outs in views) for i in range(len(views[0][1]))]
 
     def _spec(self, g: int, x: np.ndarray) -> np.ndarray:
         ids = self.groups.class_ids(self.groups.names[g])

@@ -17,6 +17,9 @@ from hmoe.params import Groups
 
 BASE = "hmoe-base"
 SECOND_BASE = "hmoe-second-base"  # the two-network ensemble control, when asked for
+# The second base's seed is seed + this: far from the seeds of a seed sweep, whose
+# bases it must not repeat.
+SECOND_BASE_SEED_OFFSET = 1000
 ROUTER = "hmoe-router"
 MIXTURE = "hmoe-mixture"
 

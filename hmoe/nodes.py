@@ -146,6 +146,16 @@ def gate_input_size(out: Outputs, mode: str) -> int:
     return out.gate_inputs(0, mode).shape[1]
 
 
+def gate_fit_split(fit_on: str, gate: Split, train: Split | None) -> Split:
+    """The images the gates are fitted on (``gates.fit_on``): the held-out gate split,
+    or, as the in-sample control, as many of the experts' own training images.
+    """
+    if fit_on == "gate":
+        return gate
+    n = len(gate[1])
+    return train[0][:n], train[1][:n]
+
+
 def train_gates(
     groups: Groups,
     cfg: GateParams,

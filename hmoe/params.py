@@ -91,7 +91,7 @@ class GroupingParams:
 
 @dataclass(frozen=True)
 class ControlsParams:
-    second_base: bool  # train a second base (seed + SECOND_BASE_SEED_OFFSET) for a fair ensemble
+    second_base: bool  # a second base (modelset.SECOND_BASE_SEED_OFFSET) for a fair ensemble
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("triangle", "cosine")
 TTA_LEVELS = (0, 1, 2)
-DISTRIBUTE = ("auto", "none", "mirrored")  # as hmoe.distribute.SETTINGS (no keras import here)
+DISTRIBUTE = ("auto", "none", "mirrored")  # train.distribute, see hmoe.distribute
 GATE_INPUTS = ("probs", "features", "both")
 GATE_FIT = ("gate", "train")
 AUTO_GROUPS = "auto"

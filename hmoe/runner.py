@@ -25,7 +25,6 @@ import pandas as pd
 from hmoe import modelset, nodes, paths, tracking
 from hmoe.data.storage import atomic_write, write_json
 from hmoe.distribute import training_scope
-from hmoe.mixture import Outputs
 from hmoe.params import Groups, NetParams, Params
 from hmoe.resume import completed_epochs
 from hmoe.startup import StageError, data_digest, init, stage_params
@@ -236,13 +235,10 @@ def run_gate_job(job: GateJob, params: Params) -> dict[str, float]:
             callbacks=[tracking.EpochLogger(), keras.callbacks.CSVLogger(str(rep / "history.csv"))],
         )
         tracking.mlflow.log_metric("fit_s", time.perf_counter() - start)  # MLflow only
+        mode = params.gates.inputs
         models = {
-            paths.gate_model(g): (gate, modelset.gate_name(g), example)
-            for (g, gate), example in zip(
-                zip(groups.names, gates, strict=True),
-                _gate_examples(out_sel, len(gates), params.gates.inputs),
-                strict=True,
-            )
+            paths.gate_model(g): (gate, modelset.gate_name(g), out_sel.gate_inputs(i, mode)[:4])
+            for i, (g, gate) in enumerate(zip(groups.names, gates, strict=True))
         }
         finish_training(job.stage, rep, metrics, models, params)
     logger.info(
@@ -251,10 +247,6 @@ def run_gate_job(job: GateJob, params: Params) -> dict[str, float]:
         metrics["val_base_accuracy"],
     )
     return metrics
-
-
-def _gate_examples(out: Outputs, n: int, mode: str) -> list[np.ndarray]:
-    return [out.gate_inputs(g, mode)[:4] for g in range(n)]
 
 
 def resume_inputs(job: ClassifierJob, params: Params, seed: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from hmoe import paths
+from hmoe.data.constants import DataError
 from hmoe.params import Params, ParamsError, flatten, load_params
 
 logger = logging.getLogger("hmoe")
@@ -26,7 +27,7 @@ class StageError(RuntimeError):
 
 
 # Errors whose message is the whole story for the user: shown on one line, exit 2.
-USER_ERRORS = (ParamsError, StageError, FileNotFoundError, PermissionError)
+USER_ERRORS = (ParamsError, DataError, StageError, FileNotFoundError, PermissionError)
 
 
 def init(stage: str, *, keras_setup: bool = True) -> Params:
@@ -37,11 +38,7 @@ def init(stage: str, *, keras_setup: bool = True) -> Params:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     install_handlers(stage)
-    try:
-        params = load_params(paths.PARAMS)
-    except ParamsError as err:
-        logger.error("%s: %s", stage, err)
-        sys.exit(2)
+    params = load_params(paths.PARAMS)  # a ParamsError: one line, exit 2 (excepthook)
     if keras_setup:
         import keras
 

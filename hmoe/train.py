@@ -102,9 +102,7 @@ class Lookahead(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.state is not None and self.state.is_file():  # a resumed run
             with np.load(self.state) as f:
-                self.step = int(f["step"])
-                n = len(f.files) - 1
-                self.avg = [f[f"a{i}"] for i in range(n)] if n else None
+                self.avg = [f[f"a{i}"] for i in range(len(f.files))] or None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -113,7 +111,7 @@ class Lookahead(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.state is not None:
             arrays = {f"a{i}": a for i, a in enumerate(self.avg or [])}
-            atomic_write(self.state, lambda tmp: np.savez(tmp, step=self.step, **arrays))
+            atomic_write(self.state, lambda tmp: np.savez(tmp, **arrays))
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1

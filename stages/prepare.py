@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from hmoe import paths, startup, tracking
-from hmoe.data import DataError, class_counts, load_source, save_split
+from hmoe.data import class_counts, load_source, save_split
 from hmoe.data.split import prepare_splits
 from hmoe.data.storage import write_json
 
@@ -25,20 +24,16 @@ def resolve_source(source: str) -> str:
 
 
 def main() -> None:
-    params = startup.init(STAGE, keras_setup=False)
-    try:
-        raw = load_source(resolve_source(params.data.source))
-        splits = prepare_splits(
-            raw.x_train,
-            raw.y_train,
-            val_size=params.data.val_size,
-            gate_size=params.data.gate_size,
-            limit=params.data.limit,
-            seed=params.data.split_seed,
-        )
-    except DataError as err:
-        logger.error("prepare: %s", err)
-        sys.exit(2)
+    params = startup.init(STAGE, keras_setup=False)  # a DataError: one line, exit 2
+    raw = load_source(resolve_source(params.data.source))
+    splits = prepare_splits(
+        raw.x_train,
+        raw.y_train,
+        val_size=params.data.val_size,
+        gate_size=params.data.gate_size,
+        limit=params.data.limit,
+        seed=params.data.split_seed,
+    )
     splits["test"] = (raw.x_test, raw.y_test)
     files = {"train": paths.TRAIN, "gate": paths.GATE, "val": paths.VAL, "test": paths.TEST}
     for name, (x, y) in splits.items():

@@ -11,7 +11,7 @@ evaluate uses); every gate epoch then costs only the gates' small dense layers.
 
 from __future__ import annotations
 
-from hmoe import grouping, paths, runner
+from hmoe import grouping, nodes, paths, runner
 from hmoe.data import load_split
 
 STAGE = "train_gates"
@@ -19,15 +19,15 @@ STAGE = "train_gates"
 
 def main() -> None:
     params = runner.init(STAGE)
-    fit_file = paths.GATE if params.gates.fit_on == "gate" else paths.TRAIN
-    x, y = load_split(fit_file)
-    n = len(load_split(paths.GATE)[1])  # in-sample control: as many images as held out
+    fit_on = params.gates.fit_on
+    fit_file = paths.GATE if fit_on == "gate" else paths.TRAIN
+    train = load_split(paths.TRAIN) if fit_on == "train" else None
     job = runner.GateJob(
         stage=STAGE,
         groups=grouping.load_groups(),
-        fit=(x[:n], y[:n]),
+        fit=nodes.gate_fit_split(fit_on, load_split(paths.GATE), train),
         select=load_split(paths.VAL),
-        split_files={params.gates.fit_on: fit_file, "val": paths.VAL},
+        split_files={fit_on: fit_file, "val": paths.VAL},
     )
     runner.run_gate_job(job, params)
 

@@ -1,8 +1,9 @@
 """Stage `train_second_base`: the fair two-network ensemble's second member, on request.
 
 With `controls.second_base: true` it trains a base of the same recipe with another
-seed (seed + SEED_OFFSET); `evaluate` then scores the average of the two bases as a
-control, the fair comparison for a mixture that also runs more than one network.
+seed (seed + modelset.SECOND_BASE_SEED_OFFSET); `evaluate` then scores the average of
+the two bases as a control, the fair comparison for a mixture that also runs more
+than one network.
 Otherwise it writes only a note: the folder must exist for DVC either way.
 """
 
@@ -16,7 +17,6 @@ from hmoe import modelset, paths, runner
 from hmoe.data.storage import write_json
 
 STAGE = "train_second_base"
-SEED_OFFSET = 1000  # far from the seeds of a seed sweep (whose bases it must not repeat)
 logger = logging.getLogger("hmoe.second_base")
 
 
@@ -30,7 +30,7 @@ def main() -> None:
         write_json(paths.stage_reports(STAGE) / "metrics.json", {"trained": 0})
         logger.info("second base not asked for (controls.second_base: false)")
         return
-    seed = params.seed + SEED_OFFSET
+    seed = params.seed + modelset.SECOND_BASE_SEED_OFFSET
     keras.utils.set_random_seed(seed)
     job = runner.base_job(STAGE, params, paths.SECOND_BASE_MODEL, modelset.SECOND_BASE, seed)
     runner.run_classifier_job(job, params)
