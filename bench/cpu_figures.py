@@ -130,10 +130,9 @@ def pipeline_runs() -> None:
 def precision_speed(n_images: int) -> None:
     import keras
 
-    from hmoe.nets import build_classifier
+    from hmoe.edge import resolve_precision
     from hmoe.params import load_params
-    from hmoe.startup import resolve_precision
-    from hmoe.train import fit_classifier
+    from hmoe.recipe import build_classifier, fit_classifier
 
     p = load_params()
     rng = np.random.default_rng(0)

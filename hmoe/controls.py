@@ -1,20 +1,21 @@
-"""Controls the mixture must beat, and paired statistics against them.
+"""Every alternative the mixture is compared with, built from the same frozen outputs.
 
-Each control is a distribution per image built from the same frozen outputs as the
-mixture, so differences come from how the experts are combined, not from extra
-networks. The oracle routing is an upper bound for a better router, not a control.
+Each is a distribution per image, so differences come from how the experts are
+combined (or, for ``two_bases``, from a second network of the base's recipe), not
+from the scoring. The oracle routing (true group) is an upper bound for a better
+router, not a control: it needs the labels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from hmoe.mixture import Outputs, combine, route_weights
-from hmoe.stats import compare
+from hmoe.mixture import Outputs, combine, ensemble, one_hot, route_weights
 
-# Controls that a person could deploy instead of the mixture (the oracle needs labels);
-# two_bases only when the pipeline trained a second base (`controls.second_base`).
+# Controls that a person could deploy instead of the mixture; two_bases only when a
+# second base was trained (`controls.second_base`).
 FAIR_CONTROLS = ("base", "product", "equal_gates", "ensemble", "two_bases")
+ROUTED = ("hard", "soft", "oracle")  # the mixture under each routing
 
 
 def product(out: Outputs) -> np.ndarray:
@@ -28,37 +29,28 @@ def equal_gates(out: Outputs, routing: str) -> np.ndarray:
     return combine(route_weights(out.router, routing), [half] * len(out.specs), out.base, out.specs)
 
 
-def control_predictions(
+def all_probs(
     out: Outputs,
+    weights: list[np.ndarray],
+    true_group: np.ndarray,
     routing: str,
-    ensemble_probs: np.ndarray,
-    two_bases: np.ndarray | None = None,
-) -> dict:
-    """Predicted labels of every fair control (``two_bases``: the two-network ensemble's
-    probabilities, when a second base was trained).
+    second_base: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The mixture under every routing and every fair control, as distributions.
+
+    ``second_base``: the second base's probabilities on the same images (with the same
+    test-time views), when one was trained; the control averages it with the base.
     """
+    n_groups = out.router.shape[1]
     probs = {
+        "hard": combine(route_weights(out.router, "hard"), weights, out.base, out.specs),
+        "soft": combine(route_weights(out.router, "soft"), weights, out.base, out.specs),
+        "oracle": combine(one_hot(true_group, n_groups), weights, out.base, out.specs),
         "base": out.base,
+        "ensemble": ensemble(out.base, out.specs),
         "product": product(out),
         "equal_gates": equal_gates(out, routing),
-        "ensemble": ensemble_probs,
     }
-    if two_bases is not None:
-        probs["two_bases"] = two_bases
-    return {k: np.argmax(p, axis=1) for k, p in probs.items()}
-
-
-def paired_metrics(
-    mixture_pred: np.ndarray, controls: dict[str, np.ndarray], y: np.ndarray, seed: int = 0
-) -> dict[str, float | str]:
-    """Mixture vs base and vs the best fair control: paired bootstrap CI and McNemar p."""
-    acc = {k: float(np.mean(p == y)) for k, p in controls.items()}
-    best = max((k for k in controls if k != "base"), key=acc.__getitem__)
-    # base and ensemble accuracies are already headline metrics: add only the new controls
-    out: dict[str, float | str] = {
-        f"{k}_control_accuracy": v for k, v in acc.items() if k not in ("base", "ensemble")
-    }
-    out |= compare(mixture_pred, controls["base"], y, seed).as_metrics("vs_base")
-    out |= compare(mixture_pred, controls[best], y, seed).as_metrics("vs_best_control")
-    out["best_control"] = best
-    return out
+    if second_base is not None:
+        probs["two_bases"] = (out.base + second_base) / 2
+    return probs

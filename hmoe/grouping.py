@@ -7,16 +7,13 @@ in one group, where a specialist can learn to tell them apart.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.cluster import SpectralClustering
 
-from hmoe import paths
-from hmoe.params import Groups, ParamsError, parse_groups
+from hmoe.groups import Groups
 
 logger = logging.getLogger(__name__)
 
@@ -69,33 +66,9 @@ def merge_singletons(
         labels[c] = target
 
 
-def groups_record(groups: Groups, source: str) -> dict:
-    """The partition as written to ``paths.GROUPS`` (and shown in the report)."""
-    return {
-        "source": source,
-        "groups": {n: list(m) for n, m in zip(groups.names, groups.members, strict=True)},
-    }
-
-
-def load_groups(path: Path = paths.GROUPS, classes: Sequence[str] | None = None) -> Groups:
-    """The partition the `groups` stage wrote: every stage after it reads this file."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} is missing: run `dvc repro groups` first")
-    record = json.loads(Path(path).read_text())
-    try:
-        if classes is None:
-            return parse_groups(record["groups"])
-        return parse_groups(record["groups"], tuple(classes))
-    except (KeyError, ParamsError) as err:
-        msg = f"{path} is not a valid groups file ({err}); rerun `dvc repro groups`"
-        raise ValueError(msg) from None
-
-
-def discover(
-    confusion: np.ndarray, classes: Sequence[str], count: int, seed: int
-) -> Mapping[str, list[str]]:
+def discover(confusion: np.ndarray, classes: Sequence[str], count: int, seed: int) -> Groups:
     """``groups: auto``: the partition from the base's held-out confusions."""
     found = spectral_groups(confusion, classes, count, seed)
     if len(found) < count:
         logger.warning("auto groups: %d groups found of %d asked", len(found), count)
-    return found
+    return Groups.from_dict(found, classes)

@@ -11,12 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from hmoe.params import ROUTINGS, Groups
+from hmoe.gates import GateInput
+from hmoe.groups import Groups
+from hmoe.params import ROUTINGS
 
 logger = logging.getLogger(__name__)
+PROBS = GateInput("probs")  # the gates' default input: both experts' probabilities
 
 
 def tta_views(x: np.ndarray, level: int) -> list[tuple[float, np.ndarray]]:
@@ -56,21 +60,6 @@ def embed(spec_probs: np.ndarray, class_ids: Sequence[int], n_classes: int) -> n
     out = np.zeros((spec_probs.shape[0], n_classes), dtype=np.float32)
     out[:, list(class_ids)] = spec_probs
     return out
-
-
-def gate_input(
-    mode: str, base: np.ndarray, spec: np.ndarray, features: np.ndarray | None
-) -> np.ndarray:
-    """What one gate sees (``gates.inputs``): the experts' probabilities, the base
-    trunk's features, or both, as one (N, D) array.
-    """
-    if mode == "probs":
-        return np.concatenate([base, spec], axis=1)
-    if features is None:
-        raise ValueError(f"gates.inputs={mode!r} needs the base features; none were computed")
-    if mode == "features":
-        return features
-    return np.concatenate([base, spec, features], axis=1)
 
 
 def route_weights(router_probs: np.ndarray, routing: str) -> np.ndarray:
@@ -119,8 +108,9 @@ class Outputs:
     specs: tuple[np.ndarray, ...]  # G x (N, C), embedded
     features: np.ndarray | None = None  # (N, F) base trunk features, when gates see them
 
-    def gate_inputs(self, g: int, mode: str = "probs") -> np.ndarray:
-        return gate_input(mode, self.base, self.specs[g], self.features)
+    def for_gate(self, g: int, seen: GateInput) -> np.ndarray:
+        """What gate ``g`` sees on these images."""
+        return seen.numpy(self.base, self.specs[g], self.features)
 
 
 class Mixture:
@@ -141,7 +131,7 @@ class Mixture:
         routing: str = "hard",
         tta: int = 0,
         batch_size: int = 512,
-        gate_inputs: str = "probs",
+        gate_input: GateInput = PROBS,
     ) -> None:
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
@@ -156,7 +146,7 @@ class Mixture:
         self.batch_size = batch_size
         self.tta = tta
         self.n_classes = len(groups.classes)
-        self.gate_mode = gate_inputs
+        self.gate_input = gate_input
         self._base_and_features = None  # built on first use: base probs + trunk features
 
     def predict_network(self, model, x: np.ndarray) -> np.ndarray:
@@ -167,12 +157,12 @@ class Mixture:
         """Base probabilities and, when the gates see them, its pooled trunk features
         (one pass, both averaged over the TTA views).
         """
-        if self.gate_mode == "probs":
+        if not self.gate_input.needs_features:
             return self._predict(self.base, x), None
         if self._base_and_features is None:
             import keras
 
-            from hmoe.nets import TRUNK_OUTPUT
+            from hmoe.recipe import TRUNK_OUTPUT
 
             trunk = self.base.get_layer(TRUNK_OUTPUT).output
             self._base_and_features = keras.Model(self.base.inputs, [self.base.output, trunk])
@@ -209,7 +199,7 @@ class Mixture:
 
     def gate_weights(self, out: Outputs) -> list[np.ndarray]:
         return [
-            self._predict(gate, out.gate_inputs(g, self.gate_mode))
+            self._predict(gate, out.for_gate(g, self.gate_input))
             for g, gate in enumerate(self.gates)
         ]
 
@@ -246,7 +236,7 @@ class Mixture:
             if idx.size == 0:
                 continue
             spec = self._spec(g, x[idx])
-            seen = gate_input(self.gate_mode, base[idx], spec, _rows(features, idx))
+            seen = self.gate_input.numpy(base[idx], spec, _rows(features, idx))
             w = self._predict(self.gates[g], seen)
             probs[idx] = branch_probs(w, base[idx], spec)
             spec_w[idx] = w[:, 1]
@@ -268,3 +258,34 @@ class Prediction:
     group: np.ndarray  # (N,) index of the group the router chose
     group_prob: np.ndarray  # (N,) the router's probability of that group
     specialist_weight: np.ndarray  # (N,) the chosen group's gate weight on its specialist
+
+
+def load_mixture(
+    groups: Groups,
+    files: Mapping[str, Path],
+    *,
+    routing: str = "hard",
+    tta: int = 0,
+    gate_input: GateInput = PROBS,
+    gates: bool = True,
+) -> Mixture:
+    """The assembled mixture from its files (registered name -> path, as
+    :func:`hmoe.modelset.model_files` gives them or a logged pyfunc's artifacts).
+    ``gates=False`` loads the frozen experts and router only, for training the gates.
+    """
+    from hmoe import modelset
+
+    def load(name: str):
+        return modelset.load_model(files[name])
+
+    names = groups.names
+    return Mixture(
+        router=load(modelset.ROUTER),
+        base=load(modelset.BASE),
+        specialists={g: load(modelset.specialist_name(g)) for g in names},
+        gates={g: load(modelset.gate_name(g)) for g in names} if gates else {},
+        groups=groups,
+        routing=routing,
+        tta=tta,
+        gate_input=gate_input,
+    )

@@ -16,6 +16,8 @@ from typing import Any, get_type_hints
 import yaml
 
 from hmoe.data.constants import CIFAR10_CLASSES
+from hmoe.groups import AUTO as AUTO_GROUPS
+from hmoe.groups import Groups, GroupsError
 
 
 class ParamsError(ValueError):
@@ -91,7 +93,7 @@ class GroupingParams:
 
 @dataclass(frozen=True)
 class ControlsParams:
-    second_base: bool  # a second base (modelset.SECOND_BASE_SEED_OFFSET) for a fair ensemble
+    second_base: bool  # a second base (another seed) for the two-bases control
 
 
 @dataclass(frozen=True)
@@ -115,32 +117,6 @@ class MlflowParams:
 
     experiment: str
     register: bool
-
-
-@dataclass(frozen=True)
-class Groups:
-    """A partition of the classes into named groups, in params.yaml order."""
-
-    names: tuple[str, ...]
-    members: tuple[tuple[str, ...], ...]
-    classes: tuple[str, ...] = CIFAR10_CLASSES
-
-    def class_ids(self, group: str) -> tuple[int, ...]:
-        """Global label ids of ``group``'s classes, in its params.yaml order."""
-        return tuple(self.classes.index(c) for c in self.members[self.index(group)])
-
-    def index(self, group: str) -> int:
-        if group not in self.names:
-            raise ParamsError(f"unknown group {group!r}; groups are {list(self.names)}")
-        return self.names.index(group)
-
-    def group_of_label(self) -> tuple[int, ...]:
-        """Group index of every global label (a lookup table, label -> group)."""
-        table = [0] * len(self.classes)
-        for g, name in enumerate(self.names):
-            for cid in self.class_ids(name):
-                table[cid] = g
-        return tuple(table)
 
 
 @dataclass(frozen=True)
@@ -168,7 +144,6 @@ TTA_LEVELS = (0, 1, 2)
 DISTRIBUTE = ("auto", "none", "mirrored")  # train.distribute, see hmoe.distribute
 GATE_INPUTS = ("probs", "features", "both")
 GATE_FIT = ("gate", "train")
-AUTO_GROUPS = "auto"
 _SECTIONS = {
     "data": DataParams,
     "grouping": GroupingParams,
@@ -259,42 +234,12 @@ def _int(value: Any, key: str) -> int:
     return value
 
 
-def parse_groups(raw: Any, classes: tuple[str, ...] = CIFAR10_CLASSES) -> Groups:
-    """Validate a partition (group name -> class names) of ``classes``."""
-    fix = (
-        "give a mapping group name -> list of class names, e.g. artificial: [airplane, ship], "
-        f"or `groups: {AUTO_GROUPS}`"
-    )
-    if not isinstance(raw, Mapping) or len(raw) < 2:
-        raise ParamsError(f"`groups` needs at least 2 groups; {fix}")
-    seen: dict[str, str] = {}
-    for name, members in raw.items():
-        if not isinstance(members, list) or not members:
-            raise ParamsError(f"`groups.{name}` must be a non-empty list of class names; {fix}")
-        if len(members) < 2:
-            raise ParamsError(
-                f"`groups.{name}` has one class: its specialist would have nothing to tell "
-                "apart; merge it into another group"
-            )
-        for cls in members:
-            if cls not in classes:
-                raise ParamsError(
-                    f"`groups.{name}` names unknown class {cls!r}; classes are {list(classes)}"
-                )
-            if cls in seen:
-                raise ParamsError(
-                    f"class {cls!r} is in both `groups.{seen[cls]}` and `groups.{name}`; "
-                    "each class must be in exactly one group"
-                )
-            seen[cls] = str(name)
-    missing = [c for c in classes if c not in seen]
-    if missing:
-        raise ParamsError(f"classes {missing} are in no group; add each to one of `groups`")
-    return Groups(
-        names=tuple(str(n) for n in raw),
-        members=tuple(tuple(m) for m in raw.values()),
-        classes=tuple(classes),
-    )
+def parse_groups(raw: Any) -> Groups:
+    """params.yaml's `groups` as a :class:`Groups`, its errors as ParamsError."""
+    try:
+        return Groups.from_dict(raw)
+    except GroupsError as err:
+        raise ParamsError(str(err)) from None
 
 
 def _check(p: Params) -> None:
@@ -383,7 +328,7 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     if obj is None and prefix == "groups.":
         return {"groups": AUTO_GROUPS}
     if isinstance(obj, Groups):
-        return {f"{prefix}{n}": ",".join(m) for n, m in zip(obj.names, obj.members, strict=True)}
+        return {f"{prefix}{n}": ",".join(m) for n, m in obj.to_dict().items()}
     if dataclasses.is_dataclass(obj):
         out: dict[str, Any] = {}
         for f in dataclasses.fields(obj):

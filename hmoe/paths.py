@@ -6,6 +6,7 @@ tests/unit/test_paths.py checks that dvc.yaml and this module agree.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
@@ -59,3 +60,13 @@ def stage_reports(stage: str) -> Path:
     """
     name, _, item = stage.partition("@")
     return REPORTS / name / item if item else REPORTS / name
+
+
+def repo_root() -> Path:
+    """The repository root, also from DVC's temporary copies of queued experiments.
+
+    DVC sets DVC_ROOT to the original repository even in ``.dvc/tmp/exps`` copies, so
+    a relative data source and the tracking store never strand inside a copy that DVC
+    deletes.
+    """
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()

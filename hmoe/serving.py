@@ -21,16 +21,16 @@ from hmoe.data.constants import IMAGE_SHAPE
 CONFIG = "config"
 
 
-def mixture_config(groups, mixture_params, gate_inputs: str = "probs") -> dict[str, Any]:
+def mixture_config(groups, mixture_params, gate_input: str = "probs") -> dict[str, Any]:
     """What the pyfunc needs besides the networks: classes, groups, routing, TTA and
-    what the gates see.
+    what the gates see (``gates.inputs``).
     """
     return {
         "classes": list(groups.classes),
-        "groups": {n: list(m) for n, m in zip(groups.names, groups.members, strict=True)},
+        "groups": groups.to_dict(),
         "routing": mixture_params.routing,
         "tta": mixture_params.tta,
-        "gate_inputs": gate_inputs,
+        "gate_input": gate_input,
     }
 
 
@@ -78,24 +78,21 @@ class MixturePyfunc(mlflow.pyfunc.PythonModel):
     """Loads the frozen networks (safe_mode=True) and runs the routed mixture."""
 
     def load_context(self, context) -> None:
-        from hmoe import modelset
-        from hmoe.params import Groups
+        from hmoe.gates import GateInput
+        from hmoe.groups import Groups
+        from hmoe.mixture import load_mixture
 
         arts = context.artifacts
         cfg = json.loads(Path(arts[CONFIG]).read_text())
-        groups = Groups(
-            names=tuple(cfg["groups"]),
-            members=tuple(tuple(m) for m in cfg["groups"].values()),
-            classes=tuple(cfg["classes"]),
-        )
+        groups = Groups.from_dict(cfg["groups"], cfg["classes"])
         files = {name: Path(p) for name, p in arts.items() if name != CONFIG}
         self.classes = list(cfg["classes"])
-        self.mixture = modelset.load_mixture(
+        self.mixture = load_mixture(
             groups,
+            files,
             routing=cfg["routing"],
             tta=cfg.get("tta", 0),
-            files=files,
-            gate_inputs=cfg.get("gate_inputs", "probs"),
+            gate_input=GateInput(cfg.get("gate_input", "probs")),
         )
 
         self.group_names = list(groups.names)

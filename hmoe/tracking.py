@@ -18,7 +18,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from hmoe import paths
+
 logger = logging.getLogger(__name__)
 
 PIPELINE_TAG = "hmoe_pipeline"
@@ -34,18 +36,9 @@ ROLE_TAG = "hmoe_role"
 STAGE_TAG = "hmoe_stage"
 
 
-def repo_root() -> Path:
-    """The repository root, also from DVC's temporary copies of queued experiments.
-
-    DVC sets DVC_ROOT to the original repository even in ``.dvc/tmp/exps`` copies,
-    so the tracking store never strands inside a copy that DVC deletes.
-    """
-    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
-
-
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else an absolute SQLite store at the repo root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.repo_root() / 'mlflow.db'}"
 
 
 def artifact_location() -> str | None:
@@ -53,7 +46,7 @@ def artifact_location() -> str | None:
     uri = tracking_uri()
     if uri.startswith(("http://", "https://", "databricks")):
         return None
-    return (repo_root() / "mlartifacts").as_uri()
+    return (paths.repo_root() / "mlartifacts").as_uri()
 
 
 def git_commit() -> str:
@@ -136,7 +129,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     import urllib.error
     import urllib.request
 
-    from hmoe.startup import StageError
+    from hmoe.edge import StageError
 
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
@@ -194,9 +187,20 @@ def find_or_create_parent(experiment_id: str) -> str:
     return run.info.run_id
 
 
-def finish_parent(parent_id: str, metrics: Mapping[str, float]) -> None:
-    """Put the summary metrics on the parent and mark the pipeline finished."""
+def finish_parent(
+    parent_id: str,
+    metrics: Mapping[str, float],
+    files: Sequence[Path] = (),
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Put the summary metrics, the report's files and tags on the parent run and mark
+    the pipeline finished.
+    """
     client = MlflowClient()
+    for f in files:
+        client.log_artifact(parent_id, str(f), "report")
+    for k, v in (tags or {}).items():
+        client.set_tag(parent_id, k, v)
     for k, v in metrics.items():
         client.log_metric(parent_id, k, float(v))
     client.set_terminated(parent_id, "FINISHED")
@@ -254,77 +258,49 @@ class EpochLogger(keras.callbacks.Callback):
             mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
 
 
-def file_md5(path: Path) -> str:
-    """The md5 DVC 3 records for a file output in dvc.lock."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "md5").hexdigest()
-
-
-def log_split(context: str, path: Path) -> None:
-    """Log a prepared split as an MLflow dataset input, digest = its DVC md5.
+def log_dataset(context: str, x: np.ndarray, y: np.ndarray, source: Path, digest: str) -> None:
+    """Log a split already in memory as an MLflow dataset input, digest = its DVC md5.
 
     MLflow's own digest hashes only the first 10,000 values (about 3 images), so two
     different splits could share it; the file's md5 is what dvc.lock records.
     """
-    from hmoe.data.storage import load_split
-
-    x, y = load_split(path)
     dataset = mlflow.data.from_numpy(
-        x, targets=y, source=str(path), name=Path(path).stem, digest=file_md5(path)
+        x, targets=y, source=str(source), name=Path(source).stem, digest=digest
     )
     mlflow.log_input(dataset, context=context)
 
 
-def requirements() -> list[str]:
-    """Pinned requirements of a logged model (MLflow cannot infer them for Keras 3)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for dist in ("keras", "tensorflow-cpu", "tensorflow", "jax", "numpy", "pandas", "mlflow"):
-        try:
-            pins.append(f"{dist}=={version(dist)}")
-        except PackageNotFoundError:
-            continue
-    return pins
+def log_precision() -> None:
+    """The Keras dtype policy the stage actually ran under."""
+    mlflow.log_param("precision_used", keras.mixed_precision.global_policy().name)
 
 
-def tag_version(name: str, version: str, out_path: Path) -> None:
-    client = MlflowClient()
-    tags = {
-        "dvc_out": str(out_path),
-        "dvc_md5": file_md5(out_path),
-        **common_tags(),
-    }
-    for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, v)
+def log_param(key: str, value: Any) -> None:
+    mlflow.log_param(key, value)
 
 
-def log_keras_model(
-    model: keras.Model,
-    *,
-    name: str,
-    example: np.ndarray,
-    out_path: Path,
-    registered_name: str | None,
-) -> str | None:
-    """Log a Keras model with its signature, register it, tag the version.
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
-    No input_example: the keras flavor fails on it in MLflow 3.17 (mlflow#16183).
-    Returns the registered version, or None when registration is off.
-    """
-    from mlflow.models import infer_signature
 
-    signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
-    info = mlflow.keras.log_model(
-        model,
-        name=name,
-        signature=signature,
-        registered_model_name=registered_name,
-        pip_requirements=requirements(),
-    )
-    version = info.registered_model_version
-    if registered_name and version is not None:
-        tag_version(registered_name, str(version), out_path)
-        logger.info("registered %s version %s", registered_name, version)
-        return str(version)
-    return None
+def set_tag(key: str, value: Any) -> None:
+    mlflow.set_tag(key, value)
+
+
+def log_dict(payload: Mapping[str, Any], name: str) -> None:
+    mlflow.log_dict(dict(payload), name)
+
+
+def log_artifacts(files: Sequence[Path]) -> None:
+    for f in files:
+        mlflow.log_artifact(str(f))
+
+
+def log_evaluation(best_control: str, y: np.ndarray, pred: np.ndarray, groups) -> None:
+    """The evaluate run's tag and confusion matrix (classes x classes, rows true)."""
+    from hmoe.metrics import confusion
+
+    classes = list(groups.classes)
+    mlflow.set_tag("best_control", best_control)
+    cm = confusion(y, pred, len(classes))
+    mlflow.log_dict({"classes": classes, "matrix": cm.tolist()}, "confusion.json")

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from hmoe import modelset, paths, runner
+from hmoe import edge, modelset, paths, stage_hooks
+from hmoe.steps.experts import train_base
 
 STAGE = "train_base"
 
 
 def main() -> None:
-    params = runner.init(STAGE)
-    job = runner.base_job(STAGE, params, paths.BASE_MODEL, modelset.BASE)
-    runner.run_classifier_job(job, params)
+    params = edge.init(STAGE)
+    splits = {name: edge.read_split(name) for name in ("train", "val")}
+    out = stage_hooks.NetworkOutput(
+        paths.BASE_MODEL,
+        modelset.BASE,
+        paths.stage_reports(STAGE) / "history.csv",
+        paths.stage_reports(STAGE) / "metrics.json",
+    )
+    hooks = stage_hooks.StageHooks(STAGE, params, {"base": out}, splits)
+    train_base(params, splits["train"].arrays, splits["val"].arrays, hooks=hooks)
 
 
 if __name__ == "__main__":

@@ -1,35 +1,61 @@
-"""Stage `train_gates`: one gate per group, experts and router frozen.
-
-The gates are fitted on the `gate` split, which no expert or router trained on (their
-outputs there are as confident as on new images), and early-stopped on `val`.
-`gates.fit_on: train` fits them on as many of the experts' own training images
-instead: the in-sample control that shows what held-out fitting is worth.
-
-The frozen networks' outputs are computed once (with the same test-time views that
-evaluate uses); every gate epoch then costs only the gates' small dense layers.
+"""Stage `train_gates`: one gate per group, experts and router frozen
+(:func:`hmoe.steps.gates.train_gates`): fitted on the held-out gate split (or, as the
+in-sample control, `gates.fit_on: train`), early-stopped on val.
 """
 
 from __future__ import annotations
 
-from hmoe import grouping, nodes, paths, runner
-from hmoe.data import load_split
+import keras
+
+from hmoe import edge, modelset, paths
+from hmoe.data.storage import write_json
+from hmoe.gates import GateInput
+from hmoe.mixture import load_mixture
+from hmoe.steps.gates import gate_fit_split, train_gates
 
 STAGE = "train_gates"
 
 
 def main() -> None:
-    params = runner.init(STAGE)
+    params = edge.init(STAGE)
+    groups = edge.read_groups()
     fit_on = params.gates.fit_on
-    fit_file = paths.GATE if fit_on == "gate" else paths.TRAIN
-    train = load_split(paths.TRAIN) if fit_on == "train" else None
-    job = runner.GateJob(
-        stage=STAGE,
-        groups=grouping.load_groups(),
-        fit=nodes.gate_fit_split(fit_on, load_split(paths.GATE), train),
-        select=load_split(paths.VAL),
-        split_files={fit_on: fit_file, "val": paths.VAL},
+    seen = GateInput(params.gates.inputs)
+    splits = {name: edge.read_split(name) for name in ("gate", "val")}
+    train = edge.read_split("train").arrays if fit_on == "train" else None
+    fit = gate_fit_split(fit_on, splits["gate"].arrays, train)
+    logged = {fit_on: edge.read_split("train") if fit_on == "train" else splits["gate"]}
+    experts = load_mixture(
+        groups,
+        modelset.model_files(groups.names, gates=False),
+        tta=params.mixture.tta,
+        gate_input=seen,
+        gates=False,
     )
-    runner.run_gate_job(job, params)
+    reports = paths.stage_reports(STAGE)
+    reports.mkdir(parents=True, exist_ok=True)
+    with edge.tracked(STAGE, params, logged | {"val": splits["val"]}):
+        from hmoe import registry, tracking
+
+        trained = train_gates(
+            params,
+            groups,
+            experts,
+            fit,
+            splits["val"].arrays,
+            callbacks=[
+                tracking.EpochLogger(),
+                keras.callbacks.CSVLogger(str(reports / "history.csv")),
+            ],
+        )
+        for g, gate in zip(groups.names, trained.gates, strict=True):
+            edge.save_model(gate, paths.gate_model(g))
+        write_json(reports / "metrics.json", trained.summary)
+        tracking.log_metrics({f"final_{k}": v for k, v in trained.summary.items()})
+        if params.mlflow.register:
+            for i, (g, gate) in enumerate(zip(groups.names, trained.gates, strict=True)):
+                example = trained.val_outputs.for_gate(i, seen)[:4]
+                registry.log_keras_model(gate, modelset.gate_name(g), example, paths.gate_model(g))
 
 
 if __name__ == "__main__":

@@ -5,26 +5,27 @@ By default a head on the frozen base trunk (`router.freeze_trunk`): one cheap pa
 
 from __future__ import annotations
 
-from hmoe import grouping, modelset, nodes, paths, runner
-from hmoe.data import load_split
+from hmoe import edge, modelset, paths, stage_hooks
+from hmoe.steps.experts import train_router
 
 STAGE = "train_router"
 
 
 def main() -> None:
-    params = runner.init(STAGE)
-    groups = grouping.load_groups()
-    (x, y), (xv, yv) = load_split(paths.TRAIN), load_split(paths.VAL)
-    job = runner.ClassifierJob(
-        stage=STAGE,
-        cfg=params.router,
-        n_outputs=len(groups.names),
-        train=(x, nodes.group_labels(y, groups)),
-        val=(xv, nodes.group_labels(yv, groups)),
-        model_path=paths.ROUTER_MODEL,
-        registered_name=modelset.ROUTER,
+    params = edge.init(STAGE)
+    groups = edge.read_groups()
+    base = stage_hooks.load_base(params.router.init_from_base)
+    splits = {name: edge.read_split(name) for name in ("train", "val")}
+    out = stage_hooks.NetworkOutput(
+        paths.ROUTER_MODEL,
+        modelset.ROUTER,
+        paths.stage_reports(STAGE) / "history.csv",
+        paths.stage_reports(STAGE) / "metrics.json",
     )
-    runner.run_classifier_job(job, params)
+    hooks = stage_hooks.StageHooks(STAGE, params, {"router": out}, splits)
+    train_router(
+        params, groups, splits["train"].arrays, splits["val"].arrays, base=base, hooks=hooks
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ next stage would take for a good one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -88,3 +89,9 @@ def load_split(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
             raise DataError(
                 f"{str(path)!r} has a damaged array ({exc}); delete it and {PREPARE_HINT}"
             ) from exc
+
+
+def file_md5(path: str | os.PathLike[str]) -> str:
+    """The md5 DVC 3 records for a file output in dvc.lock."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "md5").hexdigest()

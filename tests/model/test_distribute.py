@@ -22,8 +22,8 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, numpy as np
-from hmoe import nodes
 from hmoe.distribute import replica_devices, training_scope
+from hmoe.recipe import build_network, fit_classifier, summarise_history
 from hmoe.params import load_params
 from tests.support.synthetic import make_images
 
@@ -33,8 +33,9 @@ arch = dataclasses.replace(p.net, width=4)
 x, y = make_images(16, seed=0)
 keras.utils.set_random_seed(0)
 with training_scope(sys.argv[1]) as replicas:
-    model = nodes.build_network(10, arch, cfg, seed=0, name="base", whitening_images=x)
-    summary = nodes.train_network(model, cfg, (x, y), (x[:40], y[:40]))
+    model = build_network(10, arch, cfg, seed=0, name="base", whitening_images=x)
+    history = fit_classifier(model, (x, y), (x[:40], y[:40]), cfg)
+    summary = summarise_history(history.history, monitor="val_accuracy", mode="max")
     kinds = {type(w.value).__name__ for w in model.trainable_weights}
 probs = model.predict(x[:8], verbose=0)
 print(json.dumps({

@@ -1,5 +1,6 @@
 """A training loss that turns NaN stops the stage with one message naming the fix,
-and leaves no model and no backup to resume from (the real runner, a local MLflow store).
+and leaves no model and no backup to resume from (the real step with the stage's
+hooks, a local MLflow store).
 """
 
 from __future__ import annotations
@@ -8,11 +9,15 @@ import dataclasses
 import shutil
 
 import pytest
+from mlflow.tracking import MlflowClient
 
-from hmoe import paths, runner
+from hmoe import edge, modelset, paths
 from hmoe.data import save_split
+from hmoe.edge import StageError
 from hmoe.params import load_params
-from hmoe.startup import StageError
+from hmoe.stage_hooks import NetworkOutput, StageHooks
+from hmoe.steps.experts import train_base
+from hmoe.tracking import STAGE_TAG
 from tests.conftest import ROOT
 from tests.support.synthetic import make_images
 
@@ -29,11 +34,20 @@ def test_nan_loss_stops_the_stage_and_names_the_learning_rate(tmp_path, monkeypa
     x, y = make_images(8, seed=0)
     save_split(paths.TRAIN, x, y)  # the stage logs its input splits as MLflow datasets
     save_split(paths.VAL, x[:20], y[:20])
-    job = runner.ClassifierJob(
-        stage="train_base", cfg=cfg, n_outputs=10, train=(x, y), val=(x[:20], y[:20]),
-        model_path=paths.BASE_MODEL, registered_name="hmoe-base",
-    )  # fmt: skip
+    splits = {name: edge.read_split(name) for name in ("train", "val")}
+    reports = paths.stage_reports("train_base")
+    out = NetworkOutput(
+        paths.BASE_MODEL, modelset.BASE, reports / "history.csv", reports / "metrics.json"
+    )
+    hooks = StageHooks("train_base", p, {"base": out}, splits)
     with pytest.raises(StageError, match=r"became NaN.*`base\.learning_rate`"):
-        runner.run_classifier_job(job, p)
+        train_base(p, splits["train"].arrays, splits["val"].arrays, hooks=hooks)
     assert not paths.BASE_MODEL.exists()
-    assert not any(paths.BACKUPS.glob("train_base-*"))
+    assert not (reports / "metrics.json").exists()
+    assert paths.BACKUPS.is_dir()  # the hooks made one while training ...
+    assert not any(paths.BACKUPS.glob("train_base-*"))  # ... and deleted it
+    (run,) = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name(p.mlflow.experiment).experiment_id],
+        filter_string=f"tags.{STAGE_TAG} = 'train_base'",
+    )
+    assert run.info.status == "FAILED"

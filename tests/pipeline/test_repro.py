@@ -16,6 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from hmoe import tracking
+from hmoe.data.storage import file_md5
 from hmoe.data.constants import CIFAR10_CLASSES as CLASSES
 from tests.support.tinyrepo import base_env, make_repo, predict_in_fresh_process
 from tests.support.tinyrepo import run as _run
@@ -116,8 +117,8 @@ def test_one_parent_with_a_child_per_stage(repo, client):
     assert base.data.params["precision_used"] == "float32"
     inputs = {i.dataset.name: i.dataset.digest for i in base.inputs.dataset_inputs}
     assert inputs == {
-        "train": tracking.file_md5(repo[0] / "data/prepared/train.npz"),
-        "val": tracking.file_md5(repo[0] / "data/prepared/val.npz"),
+        "train": file_md5(repo[0] / "data/prepared/train.npz"),
+        "val": file_md5(repo[0] / "data/prepared/val.npz"),
     }
     gates = next(r for r in children if r.info.run_name == "train_gates")
     assert {i.dataset.name for i in gates.inputs.dataset_inputs} == {"gate", "val"}
@@ -132,7 +133,7 @@ def test_every_network_is_registered_and_tagged(repo, client):
         assert len(versions) == 1, name
         assert len(versions[0].tags["git_commit"]) == 40
     base = client.get_model_version("hmoe-base", "1")
-    assert base.tags["dvc_md5"] == tracking.file_md5(root / "models/base.keras")
+    assert base.tags["dvc_md5"] == file_md5(root / "models/base.keras")
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     locked = lock["stages"]["train_base"]["outs"][0]
     assert locked["md5"] == base.tags["dvc_md5"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from hmoe.data import DataError, atomic_write, load_split, save_split, write_json
+from hmoe.data.storage import file_md5
 from tests.support.synthetic import make_images
 
 
@@ -175,3 +177,13 @@ def test_load_split_damaged_member(tmp_path: Path) -> None:
             np.save(fh, y)
     message = _load_error(path)
     assert "damaged.npz" in message and "dvc repro prepare" in message
+
+
+def test_file_md5_is_the_digest_dvc_records(tmp_path: Path) -> None:
+    path = tmp_path / "split.npz"
+    x, y = make_images(2, seed=0)
+    save_split(path, x, y)
+    assert file_md5(path) == hashlib.md5(path.read_bytes()).hexdigest()
+    other = tmp_path / "other.npz"
+    save_split(other, x[:-1], y[:-1])
+    assert file_md5(other) != file_md5(path)

@@ -9,8 +9,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from hmoe import paths, runner, startup, tracking
+from hmoe import edge, paths, tracking
 from hmoe.data import save_split
+from hmoe.data.storage import file_md5
 from hmoe.params import ParamsError, load_params, parse_params
 from hmoe.profile import merged
 from hmoe.serving import InputError, to_images
@@ -24,14 +25,14 @@ def params():
 
 def test_stage_params_are_exactly_the_declared_ones(monkeypatch, params):
     monkeypatch.chdir(ROOT)
-    got = startup.stage_params("train_specialists@natural", params)
+    got = edge.stage_params("train_specialists@natural", params)
     assert got["specialists.epochs"] == params.specialists.epochs
     assert got["specialists.dustbin"] == params.specialists.dustbin
     assert got["net.width"] == params.net.width
     assert not any(k.startswith(("base.", "gates.", "mlflow.", "groups.")) for k in got)
-    assert "groups.natural" in startup.stage_params("groups", params)
-    assert startup.stage_params("evaluate", params)["gates.inputs"] == params.gates.inputs
-    assert set(startup.stage_params("prepare", params)) == {
+    assert "groups.natural" in edge.stage_params("groups", params)
+    assert edge.stage_params("evaluate", params)["gates.inputs"] == params.gates.inputs
+    assert set(edge.stage_params("prepare", params)) == {
         "data.source",
         "data.val_size",
         "data.gate_size",
@@ -41,16 +42,16 @@ def test_stage_params_are_exactly_the_declared_ones(monkeypatch, params):
 
 
 def test_backup_key_changes_with_params_and_stage():
-    a = runner._backup_key("train_base", {"base.epochs": 8})
-    assert a == runner._backup_key("train_base", {"base.epochs": 8})
-    assert a != runner._backup_key("train_base", {"base.epochs": 9})
-    assert a != runner._backup_key("train_router", {"base.epochs": 8})
-    assert "@" not in runner._backup_key("train_specialists@natural", {})
+    a = edge.backup_key("train_base", {"base.epochs": 8})
+    assert a == edge.backup_key("train_base", {"base.epochs": 8})
+    assert a != edge.backup_key("train_base", {"base.epochs": 9})
+    assert a != edge.backup_key("train_router", {"base.epochs": 8})
+    assert "@" not in edge.backup_key("train_specialists@natural", {})
 
 
 def test_resolve_precision_auto_is_float32_on_cpu_and_explicit_wins():
-    assert startup.resolve_precision("auto")[0] == "float32"  # the test machines have no GPU
-    assert startup.resolve_precision("mixed_bfloat16") == ("mixed_bfloat16", "set in params.yaml")
+    assert edge.resolve_precision("auto")[0] == "float32"  # the test machines have no GPU
+    assert edge.resolve_precision("mixed_bfloat16") == ("mixed_bfloat16", "set in params.yaml")
 
 
 def test_save_model_is_atomic(tmp_path):
@@ -62,7 +63,7 @@ def test_save_model_is_atomic(tmp_path):
 
     target = tmp_path / "m.keras"
     with pytest.raises(OSError, match="disk full"):
-        runner.save_model(Boom(), target)
+        edge.save_model(Boom(), target)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -74,14 +75,16 @@ def test_tracked_stage_logs_params_and_split_datasets(monkeypatch, tmp_path, par
     monkeypatch.setenv("DVC_EXP_NAME", "exp-datasets")
     rng = np.random.default_rng(0)
     save_split(paths.TRAIN, rng.integers(0, 255, (20, 32, 32, 3), np.uint8), np.arange(20) % 10)
-    with runner.tracked_stage("train_base", params, {"train": paths.TRAIN}) as (reports, _):
+    train = edge.read_split("train")
+    assert train.path == paths.TRAIN and len(train.y) == 20
+    with edge.tracked("train_base", params, {"train": train}) as parent:
         run_id = tracking.mlflow.active_run().info.run_id
-    assert reports == paths.stage_reports("train_base")
     run = MlflowClient().get_run(run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.params["base.epochs"] == str(params.base.epochs)
     assert run.data.params["precision_used"] == "float32"
     (inp,) = run.inputs.dataset_inputs
-    assert inp.dataset.digest == tracking.file_md5(paths.TRAIN)
+    assert inp.dataset.digest == file_md5(paths.TRAIN)
     assert inp.dataset.name == "train"
     assert inp.tags[0].value == "train"
 

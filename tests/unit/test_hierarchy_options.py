@@ -4,6 +4,7 @@ and the two-network control (params, pure maths and the assembled mixture).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import keras
@@ -11,12 +12,18 @@ import numpy as np
 import pytest
 
 from hmoe import grouping
-from hmoe.controls import control_predictions, paired_metrics
+from hmoe.controls import all_probs
+from hmoe.edge import StageError, read_groups
+from hmoe.gates import GateInput, build_gate, build_gate_trainer
+from hmoe.groups import Groups, GroupsError
 from hmoe.mixture import Mixture, Outputs, combine, embed
-from hmoe.nets import build_classifier, build_gate, build_gate_trainer, fit_whitening
-from hmoe.nodes import network_arch, specialist_outputs, specialist_subset
-from hmoe.params import ParamsError, flatten, parse_groups, parse_params
-from tests.unit.test_nets import ARCH, GROUPS
+from hmoe.params import ParamsError, flatten, load_params, parse_groups, parse_params
+from hmoe.recipe import build_classifier, fit_whitening, network_arch
+from hmoe.steps.evaluate import paired_metrics
+from hmoe.steps.experts import specialist_outputs, specialist_subset
+from hmoe.steps.groups import learn_groups
+from tests.conftest import ROOT
+from tests.unit.test_recipe import ARCH, GROUPS
 
 NOT_CAT = [c for c in GROUPS.classes if c != "cat"]
 
@@ -100,11 +107,11 @@ def test_gates_that_see_features_give_the_same_routed_and_dense_mixture(mode, ro
         groups=GROUPS,
         routing=routing,
         tta=1,
-        gate_inputs=mode,
+        gate_input=GateInput(mode),
     )
     out = mix.outputs(images)
     assert out.features.shape == (6, n_features)
-    assert out.gate_inputs(0, mode).shape == (6, n_in)
+    assert out.for_gate(0, GateInput(mode)).shape == (6, n_in)
     details = mix.predict_details(images)
     np.testing.assert_allclose(details.probs, mix.predict_dense(images), atol=1e-5)
     np.testing.assert_allclose(details.probs.sum(axis=1), 1.0, atol=1e-5)
@@ -114,14 +121,15 @@ def test_gate_trainer_with_features_matches_numpy_mixture():
     rng = np.random.default_rng(0)
     n, c, f = 8, 10, 6
     gates = [build_gate(2 * c + f, hidden=4, name=f"g{g}") for g in range(2)]
-    trainer = build_gate_trainer(gates, c, "both", f)
+    seen = GateInput("both")
+    trainer = build_gate_trainer(gates, c, seen, f)
     route = rng.dirichlet(np.ones(2), n).astype(np.float32)
     base = rng.dirichlet(np.ones(c), n).astype(np.float32)
     specs = rng.dirichlet(np.ones(c), (n, 2)).astype(np.float32)
     feats = rng.normal(size=(n, f)).astype(np.float32)
     got = np.asarray(trainer.predict([route, base, specs, feats], verbose=0))
     out = Outputs(router=route, base=base, specs=(specs[:, 0], specs[:, 1]), features=feats)
-    ws = [np.asarray(g.predict(out.gate_inputs(i, "both"), verbose=0)) for i, g in enumerate(gates)]
+    ws = [np.asarray(g.predict(out.for_gate(i, seen), verbose=0)) for i, g in enumerate(gates)]
     np.testing.assert_allclose(got, combine(route, ws, base, list(out.specs)), atol=1e-5)
 
 
@@ -134,15 +142,49 @@ def test_merge_singletons_moves_a_lone_class_to_its_closest_group():
 
 def test_groups_file_round_trip_and_bad_file(tmp_path):
     path = tmp_path / "groups.json"
-    path.write_text(json.dumps(grouping.groups_record(GROUPS, "params")))
-    assert grouping.load_groups(path) == parse_groups(
+    path.write_text(json.dumps({"source": "params", "groups": GROUPS.to_dict()}))
+    assert read_groups(path) == parse_groups(
         {"a": list(GROUPS.members[0]), "b": list(GROUPS.members[1])}
     )
     path.write_text(json.dumps({"groups": {"a": ["cat"]}}))
-    with pytest.raises(ValueError, match="rerun `dvc repro groups`"):
-        grouping.load_groups(path)
+    with pytest.raises(StageError, match="rerun `dvc repro groups`"):
+        read_groups(path)
+    path.write_text(json.dumps({"source": "params"}))
+    with pytest.raises(StageError, match="rerun `dvc repro groups`"):
+        read_groups(path)
     with pytest.raises(FileNotFoundError, match="dvc repro groups"):
-        grouping.load_groups(tmp_path / "missing.json")
+        read_groups(tmp_path / "missing.json")
+
+
+def test_explicit_groups_record_round_trips_through_the_groups_file(tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    groups, record = learn_groups(params)
+    assert groups == params.groups
+    assert record == {"source": "params", "groups": params.groups.to_dict()}
+    path = tmp_path / "groups.json"
+    path.write_text(json.dumps(record))
+    assert read_groups(path) == params.groups
+    auto = dataclasses.replace(params, groups=None)
+    with pytest.raises(ValueError, match="needs the trained base"):
+        learn_groups(auto)
+
+
+def test_groups_dict_round_trip_labels_and_errors():
+    raw = {"b": list(GROUPS.members[1]), "a": list(GROUPS.members[0])}
+    groups = Groups.from_dict(raw)
+    assert groups.names == ("b", "a")  # the order given
+    assert groups.to_dict() == raw
+    assert Groups.from_dict(groups.to_dict()) == groups
+    y = np.arange(10)
+    np.testing.assert_array_equal(groups.labels(y), [1, 1, 0, 0, 0, 0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(groups.labels(np.array([3, 8, 3])), [0, 1, 0])
+    assert groups.labels(y).dtype == np.int64
+    with pytest.raises(GroupsError, match="unknown group"):
+        groups.class_ids("c")
+    with pytest.raises(ValueError, match="one class"):  # GroupsError is a ValueError
+        Groups.from_dict({"cats": ["cat"], "rest": NOT_CAT})
+    with pytest.raises(ParamsError, match="one class"):
+        parse_groups({"cats": ["cat"], "rest": NOT_CAT})
 
 
 def test_two_bases_control_is_a_fair_control():
@@ -159,8 +201,16 @@ def test_two_bases_control_is_a_fair_control():
             embed(rng.dirichlet(np.ones(6), n), (2, 3, 4, 5, 6, 7), c),
         ),
     )
-    controls = control_predictions(out, "hard", base, two_bases=good)
-    assert "two_bases" in controls
-    stats = paired_metrics(np.argmax(base, axis=1), controls, y)
-    assert stats["best_control"] == "two_bases"
+    n_groups = out.router.shape[1]
+    weights = [np.full((n, 2), 0.5, np.float32)] * n_groups
+    true_group = rng.integers(0, n_groups, n)
+    without = all_probs(out, weights, true_group, "hard")
+    assert "two_bases" not in without
+    probs = all_probs(out, weights, true_group, "hard", second_base=good)
+    np.testing.assert_allclose(probs["two_bases"], (base + good) / 2)
+    labels = {k: np.argmax(p, axis=1) for k, p in probs.items()}
+    labels["mixture"] = np.argmax(base, axis=1)
+    stats, best = paired_metrics(labels, y)
+    assert best == "two_bases"
+    assert stats["two_bases_control_accuracy"] == pytest.approx(np.mean(labels["two_bases"] == y))
     assert stats["vs_best_control_diff"] < 0

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from hmoe.gates import GateInput
 from hmoe.mixture import (
     Outputs,
     branch_probs,
@@ -90,9 +91,12 @@ def test_unknown_routing_is_rejected(parts):
         route_weights(parts[0], "fuzzy")
 
 
-def test_outputs_gate_inputs_concatenate_base_and_specialist(parts):
+def test_outputs_for_gate_concatenate_base_and_specialist(parts):
     router, base, specs, _, _ = parts
     out = Outputs(router=router, base=base, specs=tuple(specs))
-    gi = out.gate_inputs(1)
+    gi = out.for_gate(1, GateInput("probs"))
     assert gi.shape == (len(base), 20)
+    np.testing.assert_array_equal(gi[:, :10], base)
     np.testing.assert_array_equal(gi[:, 10:], specs[1])
+    with pytest.raises(ValueError, match="needs the base features"):
+        out.for_gate(1, GateInput("features"))

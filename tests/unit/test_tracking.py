@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hmoe import tracking
+from hmoe import paths, tracking
 
 
 def test_default_store_is_absolute_at_dvc_root(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path.parent)  # e.g. a queued run's temporary copy elsewhere
+    assert paths.repo_root() == tmp_path.resolve()
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert tracking.artifact_location() == (tmp_path.resolve() / "mlartifacts").as_uri()
 
@@ -80,7 +81,7 @@ def test_unreachable_tracking_server_fails_fast_with_the_masked_uri():
     import socket
     import time
 
-    from hmoe.startup import StageError
+    from hmoe.edge import StageError
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

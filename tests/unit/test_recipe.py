@@ -1,4 +1,6 @@
-"""Network shapes, the recipe's custom layers, save/load with safe_mode, gate maths."""
+"""The recipe (hmoe.recipe): network shapes, custom layers, save/load with safe_mode,
+the optimizer and schedule, the training summary; and the gate trainer and assembled
+mixture built from its networks."""
 
 import dataclasses
 
@@ -6,30 +8,30 @@ import keras
 import numpy as np
 import pytest
 
+from hmoe.gates import GateInput, build_gate, build_gate_trainer
+from hmoe.groups import Groups
 from hmoe.mixture import Mixture, combine, embed, tta_views
-from hmoe.nets import (
+from hmoe.params import NetArch
+from hmoe.recipe import (
     PadCropFlip,
     PartialDirac,
     ScaledBias,
     build_classifier,
-    build_gate,
-    build_gate_trainer,
     copy_trunk,
     fit_whitening,
     freeze_trunk,
+    summarise_history,
     whitening_kernel,
 )
-from hmoe.params import Groups, NetArch
 
 ARCH = NetArch(
     width=4, whiten=True, dirac=True, bn_bias_lr=64.0, bn_momentum=0.4, logit_scale=1 / 9
 )
-GROUPS = Groups(
-    names=("a", "b"),
-    members=(
-        ("airplane", "automobile", "ship", "truck"),
-        ("bird", "cat", "deer", "dog", "frog", "horse"),
-    ),
+GROUPS = Groups.from_dict(
+    {
+        "a": ["airplane", "automobile", "ship", "truck"],
+        "b": ["bird", "cat", "deer", "dog", "frog", "horse"],
+    }
 )
 
 
@@ -157,7 +159,7 @@ def test_gate_trainer_matches_numpy_mixture(n_groups):
     rng = np.random.default_rng(n_groups)
     n, c = 16, 10
     gates = [build_gate(2 * c, hidden=4, name=f"g{g}") for g in range(n_groups)]
-    trainer = build_gate_trainer(gates, c)
+    trainer = build_gate_trainer(gates, c, GateInput("probs"))
     route = _dist(rng, (n, n_groups))
     base = _dist(rng, (n, c))
     specs = _dist(rng, (n, n_groups, c))
@@ -224,3 +226,32 @@ def test_predict_details_agree_with_dense_outputs(images, routing):
     weights = mix.gate_weights(out)
     expected = [weights[g][i, 1] for i, g in enumerate(details.group)]
     np.testing.assert_allclose(details.specialist_weight, expected, atol=1e-6)
+
+
+def test_summarise_history_reports_the_best_epoch():
+    history = {"val_accuracy": [0.2, 0.6, 0.5], "val_loss": [2.0, 1.1, 1.0], "loss": [3, 2, 1]}
+    got = summarise_history(history, monitor="val_accuracy", mode="max")
+    assert got == {"val_accuracy": 0.6, "best_epoch": 2, "epochs_run": 3, "val_loss": 1.1}
+    got = summarise_history(history, monitor="val_loss", mode="min")
+    assert got == {"val_loss": 1.0, "best_epoch": 3, "epochs_run": 3}
+
+
+def test_evaluate_scores_the_mixture_and_every_control(images):
+    from hmoe.controls import FAIR_CONTROLS
+    from hmoe.metrics import accuracy
+    from hmoe.steps.evaluate import evaluate
+
+    mix = _mixture(tta=1)
+    y = np.arange(len(images)) % 10
+    result = evaluate(mix, (images, y), second_base=_net(10))
+    m = result.metrics
+    assert m["mixture_accuracy"] == pytest.approx(accuracy(mix.predict_dense(images), y))
+    assert m["mixture_accuracy"] == m["hard_accuracy"]
+    assert m["lift_over_base"] == pytest.approx(m["mixture_accuracy"] - m["base_accuracy"])
+    assert m["mixture_rows_sum_max_error"] < 1e-5
+    assert {"specialist_a_accuracy", "gate_b_specialist_weight", "vs_base_diff"} <= set(m)
+    assert "two_bases_control_accuracy" in m
+    assert result.best_control in FAIR_CONTROLS and result.best_control != "base"
+    np.testing.assert_array_equal(result.labels["mixture"], mix.predict_proba(images).argmax(1))
+    assert result.router_probs.shape == (len(images), 2)
+    assert [w.shape for w in result.gate_weights] == [(len(images), 2)] * 2

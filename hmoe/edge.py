@@ -1,0 +1,211 @@
+"""The stage edge: everything a DVC stage does around its step.
+
+Start-up (logging, one-line user errors, validated params, seeds, determinism, float
+policy), reading inputs, the stage's MLflow run with the declared params and the
+input datasets (logged from the arrays already in memory), and atomic outputs. A stage
+module is then a few lines: init, read, step, write.
+
+MLflow code (:mod:`hmoe.tracking`, :mod:`hmoe.registry`) is called from here only and
+only receives values: no output depends on it, so those two modules are not DVC deps
+(tests/unit/test_dvc_deps.py, tests/model/test_tracking_free.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from hmoe import paths
+from hmoe.data.constants import DataError
+from hmoe.data.storage import atomic_write, file_md5, load_split
+from hmoe.groups import Groups, GroupsError
+from hmoe.params import Params, ParamsError, flatten, load_params
+
+logger = logging.getLogger("hmoe")
+
+
+class StageError(RuntimeError):
+    """A stage cannot go on; the message says why and what to do (no traceback shown)."""
+
+
+# Errors whose message is the whole story for the user: shown on one line, exit 2.
+USER_ERRORS = (ParamsError, GroupsError, DataError, StageError, FileNotFoundError, PermissionError)
+
+
+# -- start-up -----------------------------------------------------------------------
+
+
+def init(stage: str, *, keras_setup: bool = True) -> Params:
+    """Logging, error handling, params (validated before any work), seeds, determinism
+    and float policy.
+    """
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    install_handlers(stage)
+    params = load_params(paths.PARAMS)  # a ParamsError: one line, exit 2 (excepthook)
+    if keras_setup:
+        policy, why = setup_keras(params)
+        logger.info("stage %s: params ok, precision %s (%s)", stage, policy, why)
+    return params
+
+
+def setup_keras(params: Params) -> tuple[str, str]:
+    """Seeds, determinism and the float policy; returns (policy, why it was chosen)."""
+    import keras
+
+    keras.utils.set_random_seed(params.seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # same params and data -> same numbers (tests/pipeline/test_reliability.py)
+        tf.config.experimental.enable_op_determinism()
+    policy, why = resolve_precision(params.train.precision)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy, why
+
+
+# Measured with bench/cpu_figures.py (training images/s, fp32 vs mixed_bfloat16): on the
+# 2-core AMD EPYC (Zen 4, AVX-512 bf16, no AMX) 401 vs 299 for the default network; on
+# the 2-core Intel Xeon with AMX 993 vs 621 for the previous one. bf16 pays on GPUs.
+CPU_PRECISION = "float32"
+GPU_PRECISION = "mixed_bfloat16"
+
+
+def resolve_precision(setting: str) -> tuple[str, str]:
+    """The Keras dtype policy for ``train.precision`` and why it was chosen."""
+    if setting != "auto":
+        return setting, "set in params.yaml"
+    import keras
+
+    gpus = [d for d in keras.distribution.list_devices() if "gpu" in str(d).lower()]
+    if gpus:
+        return GPU_PRECISION, f"auto: {len(gpus)} GPU(s) visible"
+    return CPU_PRECISION, "auto: CPU only, where bfloat16 measured slower (see README)"
+
+
+def install_handlers(stage: str) -> None:
+    """SIGTERM stops a stage like Ctrl-C (its MLflow run is marked KILLED, outputs are
+    written atomically, the training backup is kept for the rerun); user errors and
+    interruptions print one line instead of a traceback.
+    """
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    def excepthook(kind, err, tb):
+        if issubclass(kind, KeyboardInterrupt):
+            logger.error(
+                "%s: interrupted; completed epochs are kept: rerun `dvc repro` to resume", stage
+            )
+            sys.exit(130)
+        if issubclass(kind, USER_ERRORS):
+            logger.error("%s: %s", stage, err)
+            sys.exit(2)
+        sys.__excepthook__(kind, err, tb)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    sys.excepthook = excepthook
+
+
+def stage_params(stage: str, params: Params) -> dict[str, Any]:
+    """The params this stage declares in dvc.yaml, with their values (for MLflow)."""
+    spec = yaml.safe_load(Path("dvc.yaml").read_text())["stages"][stage.split("@", maxsplit=1)[0]]
+    declared = spec.get("do", spec).get("params", [])
+    flat = flatten(params)
+    return {k: v for k, v in flat.items() if any(k == d or k.startswith(f"{d}.") for d in declared)}
+
+
+def data_digest() -> str | None:
+    """The source digest `prepare` recorded, to tag every stage's run with."""
+    if paths.DATA_REPORT.is_file():
+        return json.loads(paths.DATA_REPORT.read_text()).get("digest")
+    return None
+
+
+def resolve_source(source: str) -> str:
+    """A relative path means relative to the repository root, also in DVC's temp copies
+    of queued experiments (so the committed params name one path for every machine).
+    """
+    if source.strip().lower() == "keras" or Path(source).expanduser().is_absolute():
+        return source
+    return str(paths.repo_root() / source)
+
+
+
+# -- inputs -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitFile:
+    """A prepared split as read: its file (for the dataset's digest) and its arrays."""
+
+    name: str
+    path: Path
+    x: np.ndarray
+    y: np.ndarray
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.x, self.y
+
+
+SPLIT_FILES = {"train": paths.TRAIN, "gate": paths.GATE, "val": paths.VAL, "test": paths.TEST}
+
+
+def read_split(name: str) -> SplitFile:
+    path = SPLIT_FILES[name]
+    return SplitFile(name, path, *load_split(path))
+
+
+def read_groups(path: Path = paths.GROUPS) -> Groups:
+    """The partition the `groups` stage wrote: every stage after it reads this file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} is missing: run `dvc repro groups` first")
+    record = json.loads(Path(path).read_text())
+    try:
+        return Groups.from_dict(record["groups"])
+    except (KeyError, GroupsError) as err:
+        msg = f"{path} is not a valid groups file ({err}); rerun `dvc repro groups`"
+        raise StageError(msg) from None
+
+
+# -- the stage's run ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tracked(stage: str, params: Params, splits: Mapping[str, SplitFile] = ()) -> Iterator[str]:
+    """The stage's MLflow child run with its params, precision and input datasets.
+
+    Yields the pipeline's parent run id.
+    """
+    from hmoe import tracking
+
+    logged = stage_params(stage, params)
+    with tracking.stage_run(stage, params.mlflow.experiment, logged, data_digest()) as (_, parent):
+        tracking.log_precision()
+        for context, split in dict(splits).items():
+            tracking.log_dataset(context, split.x, split.y, split.path, file_md5(split.path))
+        yield parent
+
+
+def save_model(model: Any, path: Path) -> None:
+    """Atomic ``.keras`` save: a crash never leaves a truncated model for DVC to cache."""
+    atomic_write(path, model.save)
+
+
+def backup_key(stage: str, inputs: Mapping[str, Any]) -> str:
+    """Backups are per stage and inputs, so a changed recipe never resumes a stale run."""
+    digest = hashlib.sha256(json.dumps(dict(inputs), sort_keys=True, default=str).encode())
+    return f"{stage.replace('@', '-')}-{digest.hexdigest()[:12]}"

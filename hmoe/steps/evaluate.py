@@ -1,0 +1,78 @@
+"""Step `evaluate`: the mixture and every control on the test split, with paired
+statistics. The only step that reads the test split; it selects nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from hmoe.controls import FAIR_CONTROLS, ROUTED, all_probs
+from hmoe.metrics import accuracy, specialist_accuracy
+from hmoe.mixture import Mixture
+from hmoe.stats import compare
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]  # what reports/metrics.json holds
+    best_control: str  # the fair control with the highest accuracy
+    labels: dict[str, np.ndarray]  # predicted labels: mixture, every routing and control
+    router_probs: np.ndarray  # (N, G)
+    gate_weights: list[np.ndarray]  # per group (N, 2): weight on base, on specialist
+
+
+def evaluate(
+    mixture: Mixture,
+    test: tuple[np.ndarray, np.ndarray],
+    *,
+    second_base: keras.Model | None = None,
+    seed: int = 0,
+) -> Evaluation:
+    """Score the mixture (its own routing), the other routings and every fair control;
+    compare the mixture with the base and with the best control, image by image.
+    """
+    x, y = test
+    groups = mixture.groups
+    out = mixture.outputs(x)
+    weights = mixture.gate_weights(out)
+    true_group = groups.labels(y)
+    second = None if second_base is None else mixture.predict_network(second_base, x)
+    probs = all_probs(out, weights, true_group, mixture.routing, second)
+    mixed = probs[mixture.routing]
+    metrics = {
+        "base_accuracy": accuracy(out.base, y),
+        "router_accuracy": accuracy(out.router, true_group),
+        "mixture_accuracy": accuracy(mixed, y),
+        **{f"{k}_accuracy": accuracy(probs[k], y) for k in (*ROUTED, "ensemble")},
+    }
+    for g, name in enumerate(groups.names):
+        ids = groups.class_ids(name)
+        metrics[f"specialist_{name}_accuracy"] = specialist_accuracy(out.specs[g], y, ids)
+        metrics[f"gate_{name}_specialist_weight"] = float(weights[g][:, 1].mean())
+    metrics["lift_over_base"] = metrics["mixture_accuracy"] - metrics["base_accuracy"]
+    metrics["lift_over_ensemble"] = metrics["mixture_accuracy"] - metrics["ensemble_accuracy"]
+    metrics["mixture_rows_sum_max_error"] = float(np.abs(mixed.sum(axis=1) - 1).max())
+    labels = {k: np.argmax(p, axis=1) for k, p in probs.items()}
+    labels["mixture"] = np.argmax(mixed, axis=1)
+    paired, best = paired_metrics(labels, y, seed)
+    metrics |= paired
+    return Evaluation(metrics, best, labels, out.router, weights)
+
+
+def paired_metrics(
+    labels: dict[str, np.ndarray], y: np.ndarray, seed: int = 0
+) -> tuple[dict[str, float], str]:
+    """Mixture vs base and vs the best fair control: paired bootstrap CI and McNemar p;
+    and the name of that best control.
+    """
+    controls = [k for k in FAIR_CONTROLS if k in labels]
+    acc = {k: float(np.mean(labels[k] == y)) for k in controls}
+    best = max((k for k in controls if k != "base"), key=acc.__getitem__)
+    # base and ensemble accuracies are already headline metrics: add only the others
+    out = {f"{k}_control_accuracy": v for k, v in acc.items() if k not in ("base", "ensemble")}
+    out |= compare(labels["mixture"], labels["base"], y, seed).as_metrics("vs_base")
+    out |= compare(labels["mixture"], labels[best], y, seed).as_metrics("vs_best_control")
+    return out, best

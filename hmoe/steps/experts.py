@@ -1,0 +1,210 @@
+"""Steps `train_base`, `train_specialists` and `train_router`: the frozen networks.
+
+Randomness: layers built with no explicit seed draw from Keras's global generators,
+which the caller seeds (:func:`hmoe.edge.init` in a stage, the sweep before each
+step); the second base reseeds with its own seed, as its own network.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from hmoe.groups import Groups
+from hmoe.params import NetParams, Params
+from hmoe.recipe import TrainingDiverged, build_network, fit_classifier, summarise_history
+from hmoe.steps.hooks import NO_HOOKS, Hooks, NetworkJob
+
+logger = logging.getLogger(__name__)
+
+Split = tuple[np.ndarray, np.ndarray]
+# The second base's seed is seed + this: far from the seeds of a seed sweep, whose
+# bases it must not repeat.
+SECOND_BASE_SEED_OFFSET = 1000
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained network and its training summary (best val epoch's figures)."""
+
+    model: keras.Model
+    summary: dict[str, Any]
+
+
+def train_base(
+    params: Params, train: Split, val: Split, *, hooks: Hooks = NO_HOOKS, second: bool = False
+) -> Trained:
+    """The base expert over all classes (``second``: the two-bases control's member,
+    same recipe, seed + :data:`SECOND_BASE_SEED_OFFSET`).
+    """
+    seed = params.seed + (SECOND_BASE_SEED_OFFSET if second else 0)
+    if second:
+        keras.utils.set_random_seed(seed)
+    n_classes = len(_classes(params))
+    name = "second_base" if second else "base"
+    return _train(params, params.base, name, n_classes, train, val, seed=seed, hooks=hooks)
+
+
+def train_specialists(
+    params: Params,
+    groups: Groups,
+    train: Split,
+    val: Split,
+    *,
+    base: keras.Model | None = None,
+    hooks: Hooks = NO_HOOKS,
+) -> dict[str, Trained]:
+    """One specialist per group, in the groups' order (see :func:`train_specialist`)."""
+    return {
+        g: train_specialist(params, groups, g, train, val, base=base, hooks=hooks)
+        for g in groups.names
+    }
+
+
+def train_specialist(
+    params: Params,
+    groups: Groups,
+    group: str,
+    train: Split,
+    val: Split,
+    *,
+    base: keras.Model | None = None,
+    hooks: Hooks = NO_HOOKS,
+) -> Trained:
+    """The specialist of ``group``: its classes' images (plus the dustbin's share)."""
+    cfg = params.specialists
+    ids = groups.class_ids(group)
+    subset = {"dustbin": cfg.dustbin, "seed": params.seed}
+    return _train(
+        params,
+        cfg,
+        f"specialist@{group}",
+        specialist_outputs(ids, cfg.dustbin),
+        specialist_subset(*train, ids, **subset),
+        specialist_subset(*val, ids, **subset),
+        seed=params.seed,
+        hooks=hooks,
+        base=base,
+    )
+
+
+def train_router(
+    params: Params,
+    groups: Groups,
+    train: Split,
+    val: Split,
+    *,
+    base: keras.Model | None = None,
+    hooks: Hooks = NO_HOOKS,
+) -> Trained:
+    """The router: a classifier over the groups."""
+    return _train(
+        params,
+        params.router,
+        "router",
+        len(groups.names),
+        (train[0], groups.labels(train[1])),
+        (val[0], groups.labels(val[1])),
+        seed=params.seed,
+        hooks=hooks,
+        base=base,
+    )
+
+
+def _classes(params: Params) -> tuple[str, ...]:
+    from hmoe.data.constants import CIFAR10_CLASSES
+
+    return params.groups.classes if params.groups is not None else CIFAR10_CLASSES
+
+
+def _train(
+    params: Params,
+    cfg: NetParams,
+    name: str,
+    n_outputs: int,
+    train: Split,
+    val: Split,
+    *,
+    seed: int,
+    hooks: Hooks,
+    base: keras.Model | None = None,
+) -> Trained:
+    """Build (from the base when the recipe says so), train, select on val."""
+    if cfg.init_from_base and base is None:
+        raise ValueError(f"{name}: init_from_base needs the trained base")
+    job = NetworkJob(name, seed, n_outputs, len(train[1]), len(val[1]), cfg.init_from_base)
+    with hooks.network(job) as fit:
+        model = build_network(
+            n_outputs,
+            params.net,
+            cfg,
+            seed=seed,
+            name=name.replace("@", "_"),
+            init=base if cfg.init_from_base else None,
+            whitening_images=train[0],
+        )
+        logger.info(
+            "%s: %d params, %d train / %d val images",
+            name,
+            model.count_params(),
+            len(train[0]),
+            len(val[0]),
+        )
+        history = fit_classifier(
+            model,
+            train,
+            val,
+            cfg,
+            seed=seed,
+            state_dir=fit.state_dir,
+            callbacks=[keras.callbacks.TerminateOnNaN(), *fit.callbacks],
+            jit_compile=params.train.jit_compile,
+        )
+        if model.stop_training and not np.isfinite(history.history.get("loss", [0.0])).all():
+            section = "base" if "base" in name else name.split("@", maxsplit=1)[0] + "s"
+            section = "router" if name == "router" else section
+            raise TrainingDiverged(
+                f"{name}: the training loss became NaN, so training stopped and nothing was "
+                f"saved. Lower `{section}.learning_rate` (now {cfg.learning_rate}) or check "
+                "the input images"
+            )
+        summary = summarise_history(history.history, monitor="val_accuracy", mode="max")
+        summary = hooks.finished(job, model, summary)
+    logger.info(
+        "%s: best val accuracy %.4f at epoch %d",
+        name,
+        summary["val_accuracy"],
+        summary["best_epoch"],
+    )
+    return Trained(model, summary)
+
+
+def specialist_subset(
+    x: np.ndarray, y: np.ndarray, class_ids: Sequence[int], *, dustbin: float = 0.0, seed: int = 0
+) -> Split:
+    """Images of the group's classes, labels renumbered 0..k-1 in group order.
+
+    With ``dustbin`` > 0, also a random ``dustbin`` x (group size) of the other
+    groups' images, labelled k: the "none of mine" output of Hinton et al. (2015).
+    """
+    keep = np.isin(y, class_ids)
+    local = np.full(max(*class_ids, int(y.max(initial=0))) + 1, -1, dtype=np.int64)
+    local[list(class_ids)] = np.arange(len(class_ids))
+    if dustbin <= 0:
+        return x[keep], local[y[keep]]
+    others = np.flatnonzero(~keep)
+    n_other = min(len(others), round(dustbin * int(keep.sum())))
+    extra = np.sort(np.random.default_rng(seed).choice(others, n_other, replace=False))
+    local[np.setdiff1d(np.unique(y), class_ids)] = len(class_ids)
+    idx = np.sort(np.concatenate([np.flatnonzero(keep), extra]))
+    return x[idx], local[y[idx]]
+
+
+def specialist_outputs(class_ids: Sequence[int], dustbin: float) -> int:
+    """A specialist's output count: its classes, plus the dustbin when it has one."""
+    return len(class_ids) + (1 if dustbin > 0 else 0)

@@ -1,0 +1,57 @@
+"""What a caller adds around each network's training, without the steps knowing it.
+
+A DVC stage passes hooks that log epochs to MLflow, keep a resumable backup and save
+the network atomically (:mod:`hmoe.edge`); the sweep passes hooks that only log; a
+test passes none. The steps stay pure: every file a hook writes is the caller's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+
+
+@dataclass(frozen=True)
+class NetworkJob:
+    """One network a step is about to train (what a hook needs to name and key it)."""
+
+    name: str  # base, second_base, router, specialist@<group>
+    seed: int
+    n_outputs: int
+    n_train: int
+    n_val: int
+    init_from_base: bool  # built from the trained base's layers
+
+
+@dataclass
+class Fit:
+    """A caller's additions to one network's training."""
+
+    callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
+    state_dir: Path | None = None  # resume state (hmoe.resume), None: not resumable
+    resumed_at: int = 0  # epochs an earlier, killed attempt completed
+
+
+class Hooks:
+    """No additions: the steps' default (tests, and whatever needs nothing around them)."""
+
+    @contextlib.contextmanager
+    def network(self, job: NetworkJob) -> Iterator[Fit]:
+        """Entered around one network's build and training."""
+        yield Fit()
+
+    def finished(
+        self, job: NetworkJob, model: keras.Model, summary: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Called with the trained network inside :meth:`network`; returns the summary
+        (a resuming caller rebuilds it from every attempt's epoch log).
+        """
+        return summary
+
+
+NO_HOOKS = Hooks()

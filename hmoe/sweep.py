@@ -1,0 +1,456 @@
+"""Sweep configurations x seeds through the pipeline's own steps, in one process.
+
+    python -m hmoe.sweep sweeps/hierarchy.yaml --seeds 3 --out sweeps/out
+
+The file names a base profile (overrides of params.yaml), optional further params,
+the reference configuration and the configurations, each a set of params overrides::
+
+    profile: profiles/quick.yaml      # optional
+    params: {data: {limit: 20000}}    # optional, on top of the profile
+    reference: default                # the configuration the others are compared with
+    seeds: 3                          # optional; --seeds wins
+    configurations:
+      default: {}
+      scratch: {specialists: {init_from_base: false, epochs: 10}}
+
+Every configuration x seed runs the steps the DVC stages run (:mod:`hmoe.steps`):
+prepare, base, groups, specialists, router, gates, evaluate. A network whose params
+are identical across configurations (the same seed's base, say) is trained once and
+reused, as DVC's run cache would. With MLflow importable, each configuration x seed is
+a parent run tagged ``sweep`` with a child per step. The output folder gets
+``findings.csv`` (one row per configuration x seed, written as each finishes: a
+rerun skips the rows already there) and ``findings.md``: per configuration the
+mean ± std of each accuracy and control over seeds, and the paired difference of its
+mixture against the reference configuration's, and against its own two bases, with a
+t-interval across seeds. Only the test split of the steps' evaluate is scored; it
+chooses nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from hmoe import paths
+from hmoe.params import Params, ParamsError, parse_params
+from hmoe.profile import merged
+
+logger = logging.getLogger("hmoe.sweep")
+
+# What findings.md averages, in this order (those a configuration has).
+ACCURACIES = (
+    "mixture_accuracy",
+    "val_mixture_accuracy",
+    "base_accuracy",
+    "val_base_accuracy",
+    "hard_accuracy",
+    "soft_accuracy",
+    "oracle_accuracy",
+    "router_accuracy",
+    "ensemble_accuracy",
+    "product_control_accuracy",
+    "equal_gates_control_accuracy",
+    "two_bases_control_accuracy",
+)
+STEPS = ("base", "second_base", "groups", "specialists", "router", "gates", "evaluate")
+
+
+class SweepError(ValueError):
+    """A bad sweep file or option; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed sweep file: the raw params every configuration starts from, and each
+    configuration's overrides (validated: a misspelt key fails before any training).
+    """
+
+    raw: dict[str, Any]
+    configurations: dict[str, dict[str, Any]]
+    reference: str
+    seeds: int
+
+
+def load_spec(path: Path, seeds: int | None = None) -> SweepSpec:
+    """Read and validate a sweep file against params.yaml (and its profile)."""
+    if not path.is_file():
+        raise SweepError(f"sweep file {path} not found")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(spec) - {"profile", "params", "reference", "seeds", "configurations"})
+    if unknown:
+        raise SweepError(f"{path}: unknown key {unknown[0]!r}")
+    raw = yaml.safe_load(paths.PARAMS.read_text())
+    if spec.get("profile"):
+        raw = merged(raw, yaml.safe_load(Path(spec["profile"]).read_text()) or {})
+    raw = merged(raw, spec.get("params") or {})
+    configs = spec.get("configurations") or {}
+    if not isinstance(configs, Mapping) or not configs:
+        raise SweepError(f"{path}: `configurations` must map names to params overrides")
+    reference = spec.get("reference", next(iter(configs)))
+    if reference not in configs:
+        raise SweepError(f"{path}: reference {reference!r} is not one of {list(configs)}")
+    n_seeds = seeds if seeds is not None else int(spec.get("seeds", 1))
+    if n_seeds < 1:
+        raise SweepError("--seeds must be at least 1")
+    for name, overrides in configs.items():
+        try:
+            params_for(raw, overrides or {}, 0)
+        except ParamsError as err:
+            raise SweepError(f"{path}: configuration {name!r}: {err}") from None
+    return SweepSpec(raw, {k: dict(v or {}) for k, v in configs.items()}, reference, n_seeds)
+
+
+def params_for(raw: Mapping[str, Any], overrides: Mapping[str, Any], seed_offset: int) -> Params:
+    """A configuration's params for one seed (params.yaml's seed + ``seed_offset``)."""
+    params = parse_params(merged(dict(raw), dict(overrides)))
+    return replace(params, seed=params.seed + seed_offset)
+
+
+# -- tracking (optional) --------------------------------------------------------------
+
+
+class Log:
+    """MLflow when importable (parent per configuration x seed, child per step), else
+    nothing: the device machines have no MLflow, and the sweep must still run there.
+    """
+
+    def __init__(self, experiment: str, enabled: bool = True) -> None:
+        self.mlflow = None
+        if not enabled:
+            return
+        try:
+            import mlflow
+        except ImportError:
+            logger.info("MLflow is not installed: the sweep is logged to its folder only")
+            return
+        from hmoe import tracking
+
+        tracking.setup(experiment)
+        self.mlflow = mlflow
+
+    @contextlib.contextmanager
+    def parent(self, config: str, seed: int, params: Mapping[str, Any]) -> Iterator[None]:
+        if self.mlflow is None:
+            yield
+            return
+        tags = {"sweep": "true", "sweep_config": config, "seed": str(seed)}
+        with self.mlflow.start_run(run_name=f"{config}-s{seed}", tags=tags):
+            self.mlflow.log_params({k: v for k, v in params.items() if len(str(v)) < 500})
+            yield
+
+    @contextlib.contextmanager
+    def step(self, name: str, reused: bool) -> Iterator[None]:
+        if self.mlflow is None:
+            yield
+            return
+        tags = {"sweep": "true", "step": name, "reused": str(reused).lower()}
+        with self.mlflow.start_run(run_name=name, nested=True, tags=tags):
+            yield
+
+    def metrics(self, values: Mapping[str, float]) -> None:
+        if self.mlflow is not None:
+            finite = {k: float(v) for k, v in values.items() if np.isfinite(float(v))}
+            self.mlflow.log_metrics(finite)
+
+
+# -- the runner -----------------------------------------------------------------------
+
+
+@dataclass
+class Runner:
+    """The steps for one configuration x seed, with every network reused by its key."""
+
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    log: Log
+    cache: dict[tuple, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def cached(self, step: str, key: tuple, seed: int, make: Callable[[], Any]) -> Any:
+        """``make()`` once per key (seeded as a stage would be), timed and logged."""
+        import keras
+
+        full = (step, *key)
+        reused = full in self.cache
+        with self.log.step(step, reused):
+            if not reused:
+                keras.utils.set_random_seed(seed)
+                start = time.perf_counter()
+                self.cache[full] = make()
+                self.seconds[step] = time.perf_counter() - start
+                logger.info("%s: %.1f s", step, self.seconds[step])
+            else:
+                self.seconds[step] = 0.0
+            self.log.metrics({"wall_s": self.seconds[step], **_summary(self.cache[full])})
+        return self.cache[full]
+
+    def run(self, p: Params) -> dict[str, Any]:
+        """Every step of the pipeline under ``p``; returns the metrics row."""
+        from hmoe.gates import GateInput
+        from hmoe.mixture import Mixture
+        from hmoe.steps import experts
+        from hmoe.steps.evaluate import evaluate
+        from hmoe.steps.gates import gate_fit_split, train_gates
+        from hmoe.steps.groups import learn_groups
+
+        train, val = self.splits["train"], self.splits["val"]
+        self.seconds = {}
+        k_base = (p.seed, p.data, p.net, p.base, p.train)
+        base = self.cached("base", k_base, p.seed, lambda: experts.train_base(p, train, val))
+        second = None
+        if p.controls.second_base:
+            make = lambda: experts.train_base(p, train, val, second=True)  # noqa: E731
+            second = self.cached("second_base", k_base, p.seed, make)
+        k_groups = (*k_base, p.groups, p.grouping)
+        groups, _ = self.cached(
+            "groups", k_groups, p.seed, lambda: learn_groups(p, base.model, val)
+        )
+        init = lambda cfg: k_base if cfg.init_from_base else (p.seed, p.data, p.net, p.train)  # noqa: E731
+        specs = self.cached(
+            "specialists",
+            (*init(p.specialists), groups, p.specialists),
+            p.seed,
+            lambda: experts.train_specialists(p, groups, train, val, base=base.model),
+        )
+        router = self.cached(
+            "router",
+            (*init(p.router), groups, p.router),
+            p.seed,
+            lambda: experts.train_router(p, groups, train, val, base=base.model),
+        )
+        seen = GateInput(p.gates.inputs)
+
+        def mixture(gates: Sequence = ()) -> Mixture:
+            return Mixture(
+                router=router.model,
+                base=base.model,
+                specialists={g: t.model for g, t in specs.items()},
+                gates=dict(zip(groups.names, gates, strict=True)) if gates else {},
+                groups=groups,
+                routing=p.mixture.routing,
+                tta=p.mixture.tta,
+                gate_input=seen,
+            )
+
+        fit = gate_fit_split(p.gates.fit_on, self.splits["gate"], train)
+        key_all = (k_groups, p.specialists, p.router, p.gates, p.mixture)
+        gates = self.cached(
+            "gates", key_all, p.seed, lambda: train_gates(p, groups, mixture(), fit, val)
+        )
+        result = self.cached(
+            "evaluate",
+            (*key_all, p.controls),
+            p.seed,
+            lambda: evaluate(
+                mixture(gates.gates),
+                self.splits["test"],
+                second_base=None if second is None else second.model,
+                seed=p.seed,
+            ),
+        )
+        row = dict(result.metrics)
+        row["best_control"] = result.best_control
+        row["val_mixture_accuracy"] = gates.summary["val_accuracy"]
+        row["val_base_accuracy"] = gates.summary["val_base_accuracy"]
+        row["groups"] = yaml.safe_dump(groups.to_dict(), default_flow_style=True).strip()
+        row |= {f"{s}_s": self.seconds.get(s, 0.0) for s in STEPS}
+        return row
+
+
+def _summary(value: Any) -> dict[str, float]:
+    """Numbers worth logging from what a step returned."""
+    summary = getattr(value, "summary", None) or getattr(value, "metrics", None)
+    if isinstance(value, dict):  # specialists: group -> Trained
+        return {
+            f"{g}_{k}": float(v)
+            for g, t in value.items()
+            for k, v in getattr(t, "summary", {}).items()
+        }
+    if isinstance(summary, Mapping):
+        return {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}
+    return {}
+
+
+def prepare_data(raw: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The splits every configuration shares (the `data` section must not vary)."""
+    from hmoe import edge
+    from hmoe.data import load_source
+    from hmoe.steps.data import prepare
+
+    p = parse_params(raw)
+    return prepare(load_source(edge.resolve_source(p.data.source)), p.data).splits
+
+
+def run_sweep(spec: SweepSpec, out: Path, *, track: bool = True) -> pd.DataFrame:
+    """Run every configuration x seed not yet in ``out``/findings.csv; write findings."""
+    from hmoe import edge
+
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "findings.csv"
+    done = pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=["config", "seed"])
+    first = params_for(spec.raw, {}, 0)
+    datas = {params_for(spec.raw, o, 0).data for o in spec.configurations.values()}
+    if len(datas) > 1:
+        raise SweepError("configurations must share the `data` section (one set of splits)")
+    policy, why = edge.setup_keras(first)
+    logger.info("precision %s (%s)", policy, why)
+    start = time.perf_counter()
+    runner = Runner(prepare_data(spec.raw), Log(f"{first.mlflow.experiment}-sweep", track))
+    logger.info("data prepared in %.1f s", time.perf_counter() - start)
+    rows = done.to_dict("records")
+    for offset in range(spec.seeds):
+        for name, overrides in spec.configurations.items():
+            p = params_for(spec.raw, overrides, offset)
+            if ((done["config"] == name) & (done["seed"] == p.seed)).any():
+                logger.info("%s seed %d: already in %s", name, p.seed, csv)
+                continue
+            t0 = time.perf_counter()
+            flat = _flat(overrides) | {"seed": p.seed}
+            with runner.log.parent(name, p.seed, flat):
+                row = {"config": name, "seed": p.seed, **runner.run(p)}
+                row["wall_s"] = time.perf_counter() - t0
+                runner.log.metrics({k: v for k, v in row.items() if _is_number(v)})
+            rows.append(row)
+            pd.DataFrame(rows).to_csv(csv, index=False)  # nothing lost on a crash
+            logger.info(
+                "%s seed %d: mixture %.4f, base %.4f (%.0f s)",
+                name, p.seed, row["mixture_accuracy"], row["base_accuracy"], row["wall_s"],
+            )  # fmt: skip
+    frame = pd.DataFrame(rows)
+    (out / "findings.md").write_text(findings_markdown(frame, spec.reference))
+    logger.info("sweep done in %.1f s: %s", time.perf_counter() - start, out / "findings.md")
+    return frame
+
+
+def _flat(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    from hmoe.profile import dotted
+
+    return dotted(nested, prefix)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+
+
+# -- findings -------------------------------------------------------------------------
+
+
+def t_interval(d: np.ndarray) -> tuple[float, float, float, float]:
+    """(mean, 95 % t-interval low, high, paired t-test p) of per-seed differences."""
+    from scipy import stats
+
+    d = np.asarray(d, dtype=float)
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        mean = float(d.mean()) if len(d) else float("nan")
+        return mean, float("nan"), float("nan"), float("nan")
+    sem = d.std(ddof=1) / np.sqrt(len(d))
+    half = float(stats.t.ppf(0.975, len(d) - 1) * sem)
+    p = float(stats.ttest_1samp(d, 0.0).pvalue) if sem > 0 else float("nan")
+    return float(d.mean()), float(d.mean()) - half, float(d.mean()) + half, p
+
+
+def summary_table(frame: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """One row per configuration: mean and std over seeds of each accuracy, and the
+    paired differences (per seed) against the reference and against two bases.
+    """
+    out = []
+    ref = frame[frame["config"] == reference].set_index("seed")["mixture_accuracy"]
+    for name, group in frame.groupby("config", sort=False):
+        row: dict[str, Any] = {"config": name, "seeds": len(group)}
+        for key in ACCURACIES:
+            if key in group and group[key].notna().any():
+                row[f"{key}_mean"] = group[key].mean()
+                row[f"{key}_std"] = group[key].std(ddof=1) if len(group) > 1 else float("nan")
+        mine = group.set_index("seed")["mixture_accuracy"]
+        common = mine.index.intersection(ref.index)
+        diff = (mine[common] - ref[common]).to_numpy()
+        row |= dict(zip(_diff_cols("vs_reference"), t_interval(diff), strict=True))
+        two = group.get("two_bases_control_accuracy")
+        if two is not None and two.notna().any():
+            d2 = (group["mixture_accuracy"] - two).to_numpy()
+            row |= dict(zip(_diff_cols("vs_two_bases"), t_interval(d2), strict=True))
+        d3 = (group["mixture_accuracy"] - group["base_accuracy"]).to_numpy()
+        row |= dict(zip(_diff_cols("vs_base"), t_interval(d3), strict=True))
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _diff_cols(prefix: str) -> list[str]:
+    return [f"{prefix}_{k}" for k in ("mean", "ci_low", "ci_high", "p")]
+
+
+def findings_markdown(frame: pd.DataFrame, reference: str) -> str:
+    """The findings table in Markdown (accuracies in %, differences in points)."""
+    table = summary_table(frame, reference)
+    shown = [k for k in ACCURACIES if f"{k}_mean" in table]
+    head = ["configuration", "seeds", *[k.removesuffix("_accuracy") for k in shown]]
+    head += [f"mixture - {reference} (95 % t-CI, p)", "mixture - base", "mixture - two bases"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in table.iterrows():
+        cells = [str(r["config"]), str(int(r["seeds"]))]
+        cells += [_pm(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in shown]
+        for prefix in ("vs_reference", "vs_base", "vs_two_bases"):
+            cells.append(_diff(r, prefix))
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = sorted(frame["seed"].unique().tolist())
+    note = (
+        f"\nAccuracies: mean ± std over seeds {seeds} (test split unless marked val); "
+        "differences: mean over seeds of the per-seed paired difference, in points, with "
+        "its 95 % t-interval and paired t-test p (n/a with one seed).\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
+def _pm(mean: Any, std: Any) -> str:
+    if mean is None or not np.isfinite(mean):
+        return "n/a"
+    if std is None or not np.isfinite(std):
+        return f"{100 * mean:.2f}"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _diff(r: pd.Series, prefix: str) -> str:
+    mean = r.get(f"{prefix}_mean")
+    if mean is None or not np.isfinite(mean):
+        return "n/a"
+    lo, hi, p = r.get(f"{prefix}_ci_low"), r.get(f"{prefix}_ci_high"), r.get(f"{prefix}_p")
+    if lo is None or not np.isfinite(lo):
+        return f"{100 * mean:+.2f}"
+    p_text = f", p={p:.2g}" if p is not None and np.isfinite(p) else ""
+    return f"{100 * mean:+.2f} ({100 * lo:+.2f} .. {100 * hi:+.2f}{p_text})"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("file", type=Path, help="the sweep file (YAML)")
+    parser.add_argument("--seeds", type=int, help="seeds per configuration (file's `seeds`)")
+    parser.add_argument("--out", type=Path, default=Path("sweeps/out"), help="output folder")
+    parser.add_argument("--source", help="override data.source (e.g. the shared zip)")
+    parser.add_argument("--no-mlflow", action="store_true", help="log to the folder only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        spec = load_spec(args.file, args.seeds)
+        if args.source:
+            raw = merged(spec.raw, {"data": {"source": args.source}})
+            spec = replace(spec, raw=raw)
+    except (SweepError, ParamsError) as err:
+        raise SystemExit(f"hmoe.sweep: {err}") from None
+    frame = run_sweep(spec, args.out, track=not args.no_mlflow)
+    print(findings_markdown(frame, spec.reference))  # noqa: T201  (a CLI's output)
+
+
+if __name__ == "__main__":
+    main()
