@@ -143,7 +143,6 @@ def resolve_source(source: str) -> str:
     return str(paths.repo_root() / source)
 
 
-
 # -- inputs -------------------------------------------------------------------------
 
 

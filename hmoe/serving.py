@@ -92,7 +92,8 @@ class MixturePyfunc(mlflow.pyfunc.PythonModel):
             files,
             routing=cfg["routing"],
             tta=cfg.get("tta", 0),
-            gate_input=GateInput(cfg.get("gate_input", "probs")),
+            # "gate_inputs": the key of mixtures logged before hmoe 0.2
+            gate_input=GateInput(cfg.get("gate_input", cfg.get("gate_inputs", "probs"))),
         )
 
         self.group_names = list(groups.names)

@@ -26,6 +26,8 @@ Split = tuple[np.ndarray, np.ndarray]
 # The second base's seed is seed + this: far from the seeds of a seed sweep, whose
 # bases it must not repeat.
 SECOND_BASE_SEED_OFFSET = 1000
+# The params section of each network's recipe, named in error messages.
+SECTIONS = {"base": "base", "second_base": "base", "router": "router", "specialist": "specialists"}
 
 
 @dataclass(frozen=True)
@@ -166,8 +168,7 @@ def _train(
             jit_compile=params.train.jit_compile,
         )
         if model.stop_training and not np.isfinite(history.history.get("loss", [0.0])).all():
-            section = "base" if "base" in name else name.split("@", maxsplit=1)[0] + "s"
-            section = "router" if name == "router" else section
+            section = SECTIONS.get(name.split("@", maxsplit=1)[0], "specialists")
             raise TrainingDiverged(
                 f"{name}: the training loss became NaN, so training stopped and nothing was "
                 f"saved. Lower `{section}.learning_rate` (now {cfg.learning_rate}) or check "

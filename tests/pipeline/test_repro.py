@@ -16,8 +16,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from hmoe import tracking
-from hmoe.data.storage import file_md5
 from hmoe.data.constants import CIFAR10_CLASSES as CLASSES
+from hmoe.data.storage import file_md5
 from tests.support.tinyrepo import base_env, make_repo, predict_in_fresh_process
 from tests.support.tinyrepo import run as _run
 
