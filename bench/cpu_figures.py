@@ -130,9 +130,9 @@ def pipeline_runs() -> None:
 def precision_speed(n_images: int) -> None:
     import keras
 
-    from hmoe.edge import resolve_precision
     from hmoe.params import load_params
     from hmoe.recipe import build_classifier, fit_classifier
+    from hmoe.runtime import resolve_precision
 
     p = load_params()
     rng = np.random.default_rng(0)

@@ -1,10 +1,11 @@
-"""Data parallelism across the GPUs of one machine (`train.distribute`).
+"""Data parallelism across the devices of one machine (`train.distribute`).
 
-Keras 3 on the TensorFlow backend trains under a ``tf.distribute`` strategy's scope:
-the model is built and compiled inside it and ``fit`` splits each global batch
-(``batch_size``) across the replicas. Only the single-host ``MirroredStrategy`` is
-offered: multi-worker training across hosts is broken in Keras 3 on the TF backend
-(keras-team/keras#20585), see README. The networks themselves stay free of ``tf.*``.
+TensorFlow backend: the network is built, compiled and fitted inside a
+``tf.distribute.MirroredStrategy`` scope, and ``fit`` splits each global batch
+(``batch_size``) across the replicas. Multi-worker training across hosts is broken in
+Keras 3 on the TF backend (keras-team/keras#20585), so only one host is offered.
+JAX backend: ``keras.distribution.DataParallel`` over the local devices (the batch is
+sharded, the weights replicated). The networks themselves stay free of ``tf.*``.
 """
 
 from __future__ import annotations
@@ -21,20 +22,27 @@ logger = logging.getLogger(__name__)
 
 
 def replica_devices(setting: str) -> list[str]:
-    """The devices to mirror over: [] means no strategy (one device).
+    """The devices to replicate over: [] means no data parallelism (one device).
 
     auto: every visible GPU when there are two or more. mirrored: every GPU, or every
-    logical CPU device when there is no GPU (how the tests exercise it).
+    CPU device when there is none (how the tests exercise it: logical CPU devices on
+    TensorFlow, ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` on JAX).
     """
     if setting not in SETTINGS:
         raise ValueError(f"train.distribute must be one of {list(SETTINGS)}, got {setting!r}")
     if setting == "none":
         return []
-    if keras.backend.backend() != "tensorflow":
+    backend = keras.backend.backend()
+    if backend == "jax":
+        devices = keras.distribution.list_devices()
+        gpus = [d for d in devices if d.lower().startswith(("gpu", "cuda"))]
+        if setting == "auto":
+            return gpus if len(gpus) > 1 else []
+        return gpus or devices
+    if backend != "tensorflow":
         if setting == "mirrored":
             raise ValueError(
-                "train.distribute: mirrored needs the TensorFlow backend (KERAS_BACKEND); "
-                f"this is {keras.backend.backend()}: use auto or none"
+                f"train.distribute: mirrored needs the TensorFlow or JAX backend, not {backend}"
             )
         return []
     import tensorflow as tf
@@ -52,9 +60,17 @@ def training_scope(setting: str) -> Iterator[int]:
     if not devices:
         yield 1
         return
+    logger.info("training data-parallel over %d devices: %s", len(devices), devices)
+    if keras.backend.backend() == "jax":
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        try:
+            yield len(devices)
+        finally:
+            keras.distribution.set_distribution(previous)
+        return
     import tensorflow as tf
 
     strategy = tf.distribute.MirroredStrategy(devices)
-    logger.info("training mirrored over %d devices: %s", len(devices), devices)
     with strategy.scope():
         yield strategy.num_replicas_in_sync

@@ -46,53 +46,16 @@ USER_ERRORS = (ParamsError, GroupsError, DataError, StageError, FileNotFoundErro
 # -- start-up -----------------------------------------------------------------------
 
 
-def init(stage: str, *, keras_setup: bool = True) -> Params:
-    """Logging, error handling, params (validated before any work), seeds, determinism
-    and float policy.
+def init(stage: str) -> Params:
+    """Logging, error handling and params (validated before any work). Stages that
+    run Keras call :func:`hmoe.runtime.init`, which adds seeds, determinism, precision
+    and compilation.
     """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     install_handlers(stage)
-    params = load_params(paths.PARAMS)  # a ParamsError: one line, exit 2 (excepthook)
-    if keras_setup:
-        policy, why = setup_keras(params)
-        logger.info("stage %s: params ok, precision %s (%s)", stage, policy, why)
-    return params
-
-
-def setup_keras(params: Params) -> tuple[str, str]:
-    """Seeds, determinism and the float policy; returns (policy, why it was chosen)."""
-    import keras
-
-    keras.utils.set_random_seed(params.seed)
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        # same params and data -> same numbers (tests/pipeline/test_reliability.py)
-        tf.config.experimental.enable_op_determinism()
-    policy, why = resolve_precision(params.train.precision)
-    keras.mixed_precision.set_global_policy(policy)
-    return policy, why
-
-
-# Measured with bench/cpu_figures.py (training images/s, fp32 vs mixed_bfloat16): on the
-# 2-core AMD EPYC (Zen 4, AVX-512 bf16, no AMX) 401 vs 299 for the default network; on
-# the 2-core Intel Xeon with AMX 993 vs 621 for the previous one. bf16 pays on GPUs.
-CPU_PRECISION = "float32"
-GPU_PRECISION = "mixed_bfloat16"
-
-
-def resolve_precision(setting: str) -> tuple[str, str]:
-    """The Keras dtype policy for ``train.precision`` and why it was chosen."""
-    if setting != "auto":
-        return setting, "set in params.yaml"
-    import keras
-
-    gpus = [d for d in keras.distribution.list_devices() if "gpu" in str(d).lower()]
-    if gpus:
-        return GPU_PRECISION, f"auto: {len(gpus)} GPU(s) visible"
-    return CPU_PRECISION, "auto: CPU only, where bfloat16 measured slower (see README)"
+    return load_params(paths.PARAMS)  # a ParamsError: one line, exit 2 (excepthook)
 
 
 def install_handlers(stage: str) -> None:
@@ -193,7 +156,7 @@ def tracked(stage: str, params: Params, splits: Mapping[str, SplitFile] = ()) ->
 
     logged = stage_params(stage, params)
     with tracking.stage_run(stage, params.mlflow.experiment, logged, data_digest()) as (_, parent):
-        tracking.log_precision()
+        tracking.log_runtime(params.train.jit_compile)
         for context, split in dict(splits).items():
             tracking.log_dataset(context, split.x, split.y, split.path, file_md5(split.path))
         yield parent

@@ -107,7 +107,8 @@ class TrainParams:
     """Runtime settings shared by every training stage."""
 
     precision: str
-    jit_compile: bool
+    jit_compile: bool | str  # auto (compiled on JAX and on TensorFlow GPUs), true or false
+    steps_per_execution: int  # training steps per compiled call (fewer host round trips)
     distribute: str  # auto (mirrored when 2+ GPUs), none, or mirrored (every GPU, else CPU)
 
 
@@ -217,6 +218,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         raise ParamsError(f"`{key}` must be true or false, got {value!r}")
     if hint is int:
         return _int(value, key)
+    if hint == bool | str:
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ParamsError(f"`{key}` must be auto, true or false, got {value!r}")
     if hint == int | None:
         return None if value is None else _int(value, key)
     if hint is float:
@@ -270,6 +275,8 @@ def _check(p: Params) -> None:
     _one_of(p.mixture.tta, TTA_LEVELS, "mixture.tta")
     _one_of(p.train.precision, PRECISIONS, "train.precision")
     _one_of(p.train.distribute, DISTRIBUTE, "train.distribute")
+    if p.train.steps_per_execution <= 0:
+        raise ParamsError("`train.steps_per_execution` must be a positive integer")
     if not p.mlflow.experiment:
         raise ParamsError("`mlflow.experiment` must be a non-empty name")
 

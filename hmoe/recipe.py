@@ -28,7 +28,6 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from hmoe.data.storage import atomic_write
 from hmoe.params import NetArch, NetParams
 from hmoe.resume import BestKeeper, EpochBatches, EpochSeeds
 
@@ -404,76 +403,113 @@ def cosine(learning_rate: float, steps: int) -> keras.optimizers.schedules.Learn
     )
 
 
-def make_optimizer(cfg: NetParams, steps: int) -> keras.optimizers.Optimizer:
-    """The optimizer and schedule ``cfg`` names (``weight_decay`` is decoupled in both)."""
+def make_optimizer(cfg: NetParams, steps: int, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The optimizer and schedule ``cfg`` names (``weight_decay`` is decoupled in both),
+    with lookahead averaging inside its update when ``cfg.lookahead``.
+    """
     lr = (Triangle if cfg.schedule == "triangle" else cosine)(cfg.learning_rate, steps)
+    averaging = {}
+    if cfg.lookahead:
+        averaging = {"total_steps": steps, "start_step": LOOKAHEAD_START_EPOCH * steps_per_epoch}
     if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(
-            lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+        cls = LookaheadSGD if cfg.lookahead else keras.optimizers.SGD
+        return cls(
+            lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay, **averaging
         )
-    return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    cls = LookaheadAdamW if cfg.lookahead else keras.optimizers.AdamW
+    return cls(lr, weight_decay=cfg.weight_decay, **averaging)
 
 
 # -- weight averaging --------------------------------------------------------------
 
+# airbench's lookahead: from epoch 2 on, every 5 steps, decay 0.95**5 * progress**3.
+LOOKAHEAD_START_EPOCH = 2
+LOOKAHEAD_EVERY = 5
+LOOKAHEAD_BASE = 0.95
+LOOKAHEAD_POWER = 3.0
 
-class Lookahead(keras.callbacks.Callback):
-    """Weight averaging that is copied back into the model (airbench's lookahead EMA).
 
-    From ``start_epoch`` on, every ``every`` steps the average moves towards the current
-    weights with decay ``base**every * progress**power`` (weak early, strong at the end)
-    and the model continues from the average. Backend-agnostic: plain variable assigns.
+class _Lookahead:
+    """Lookahead weight averaging inside the optimizer's update (airbench94's schedule).
+
+    From ``start_step`` on, every ``every`` steps the average moves towards the weights
+    with decay ``base**every * progress**power`` (weak early, strong at the end; the
+    first time it just copies them) and the weights continue from the average. Written
+    with ``keras.ops.where`` on optimizer variables, so it runs inside the compiled
+    training step on every backend, with no host round trip and no batch callback; the
+    average is optimizer state, so ``BackupAndRestore`` resumes it exactly.
+
+    Unlike airbench, BatchNorm's running statistics are not averaged (an optimizer sees
+    trainable variables only); with ``net.bn_momentum`` 0.4 they follow the averaged
+    weights within a step or two.
     """
 
     def __init__(
         self,
-        total_steps: int,
-        start_epoch: int = 2,
-        every: int = 5,
-        base=0.95,
-        power=3.0,
-        state_dir: Path | None = None,
+        *args,
+        total_steps: int = 1,
+        start_step: int = 0,
+        every: int = LOOKAHEAD_EVERY,
+        base: float = LOOKAHEAD_BASE,
+        power: float = LOOKAHEAD_POWER,
+        **kwargs,
     ):
-        super().__init__()
-        self.total, self.start_epoch, self.every = max(1, total_steps), start_epoch, every
-        self.base, self.power = base, power
-        self.step, self.epoch, self.avg = 0, 0, None
-        self.state = None if state_dir is None else Path(state_dir) / "lookahead.npz"
+        super().__init__(*args, **kwargs)
+        self.total_steps, self.start_step = max(1, int(total_steps)), int(start_step)
+        self.every, self.base, self.power = int(every), float(base), float(power)
 
-    def _vars(self):
-        return [v for v in self.model.weights if "float" in str(v.dtype)]
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._averages = self.add_optimizer_variables(variables, "lookahead")
+        self._started = self.add_variable((), initializer="zeros", dtype="float32", name="la_on")
 
-    def on_train_begin(self, logs=None):
-        if self.state is not None and self.state.is_file():  # a resumed run
-            with np.load(self.state) as f:
-                self.avg = [f[f"a{i}"] for i in range(len(f.files))] or None
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
+        step = ops.cast(self.iterations + 1, "float32")
+        due = ops.logical_and(step > self.start_step, ops.equal(ops.mod(step, self.every), 0.0))
+        rho = self.base**self.every * (step / self.total_steps) ** self.power
+        started = ops.convert_to_tensor(self._started)
+        rho = ops.where(started > 0, rho, 0.0)  # the first update copies the weights
+        for var in trainable_variables:
+            avg = self._averages[self._get_variable_index(var)]
+            a, v = ops.convert_to_tensor(avg), ops.convert_to_tensor(var)
+            new = ops.cast(rho, a.dtype) * a + ops.cast(1.0 - rho, a.dtype) * ops.cast(v, a.dtype)
+            avg.assign(ops.where(due, new, a))
+            var.assign(ops.where(due, ops.cast(new, v.dtype), v))
+        self._started.assign(ops.where(due, 1.0, started))
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-        self.step = epoch * self.params["steps"]  # also right after a resume
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "total_steps": self.total_steps,
+            "start_step": self.start_step,
+            "every": self.every,
+            "base": self.base,
+            "power": self.power,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LookaheadSGD(_Lookahead, keras.optimizers.SGD):
+    """Nesterov SGD with lookahead averaging in its update (see :class:`_Lookahead`)."""
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LookaheadAdamW(_Lookahead, keras.optimizers.AdamW):
+    """AdamW with lookahead averaging in its update (see :class:`_Lookahead`)."""
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop when an epoch's loss is not finite (an epoch-level check: a batch-level
+    callback would force a device sync after every step).
+    """
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.state is not None:
-            arrays = {f"a{i}": a for i, a in enumerate(self.avg or [])}
-            atomic_write(self.state, lambda tmp: np.savez(tmp, **arrays))
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        last_of_epoch = batch + 1 == self.params.get("steps")
-        if self.epoch >= self.start_epoch and self.step % self.every == 0:
-            current = [keras.ops.convert_to_numpy(v) for v in self._vars()]
-            if self.avg is None:
-                self.avg = current
-            else:
-                rho = self.base**self.every * (self.step / self.total) ** self.power
-                self.avg = [rho * a + (1 - rho) * c for a, c in zip(self.avg, current, strict=True)]
-                self._copy_back()
-        if last_of_epoch and self.avg is not None:
-            self._copy_back()  # validation and checkpoints see the averaged weights
-
-    def _copy_back(self):
-        for v, a in zip(self._vars(), self.avg, strict=True):
-            v.assign(a)
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
 
 
 # -- training ---------------------------------------------------------------------
@@ -489,35 +525,45 @@ def fit_classifier(
     state_dir: Path | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     jit_compile: bool = False,
-    verbose: int = 2,
+    steps_per_execution: int = 1,
+    verbose: int | str = "auto",
 ) -> keras.callbacks.History:
     """Train ``model`` on integer labels; keep the weights of the best val epoch.
 
-    Batch order and augmentation depend only on (``seed``, epoch), and the early
-    stopping and lookahead state is saved in ``state_dir`` (when given, beside a
-    ``BackupAndRestore`` backup), so a killed run resumes exactly (:mod:`hmoe.resume`).
+    Every batch has ``cfg.batch_size`` images (the remainder of an epoch's shuffled
+    order is left for a later epoch), so a compiled step is traced once. Batch order
+    and augmentation depend only on (``seed``, epoch), the averaging lives in the
+    optimizer, and the early stopping state is saved in ``state_dir`` (when given,
+    beside a ``BackupAndRestore`` backup), so a killed run resumes exactly
+    (:mod:`hmoe.resume`). Only epoch-level callbacks: no per-step host round trip.
+    ``verbose`` "auto": a progress bar on a terminal, one line per epoch otherwise.
     """
     n_classes = model.output_shape[-1]
     (x, y), (xv, yv) = train, val
     if len(x) == 0 or len(xv) == 0:
         raise ValueError("empty training or validation split")
-    steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
+    batches = EpochBatches(x, y, cfg.batch_size, n_classes, seed)
+    steps = cfg.epochs * len(batches)
     model.compile(
-        optimizer=make_optimizer(cfg, steps),
+        optimizer=make_optimizer(cfg, steps, len(batches)),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
-    batches = EpochBatches(x, y, cfg.batch_size, n_classes, seed)
     extra: list[keras.callbacks.Callback] = [
+        StopOnNaN(),
         EpochSeeds(seed, batches),
         BestKeeper("val_accuracy", cfg.patience, state_dir),
     ]
-    if cfg.lookahead:
-        extra.insert(0, Lookahead(steps, state_dir=state_dir))
+    if verbose == "auto":
+        import sys
+
+        verbose = 1 if sys.stdout.isatty() else 2
     return model.fit(
         batches,
         validation_data=(xv, keras.utils.to_categorical(yv, n_classes)),
+        validation_batch_size=cfg.batch_size,
         epochs=cfg.epochs,
         shuffle=False,  # EpochBatches shuffles by (seed, epoch); Keras' own would not resume
         callbacks=[*extra, *callbacks],

@@ -45,7 +45,10 @@ class EpochBatches(keras.utils.PyDataset):
         self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
 
     def __len__(self) -> int:
-        return math.ceil(len(self.x) / self.batch_size)
+        """Full batches only (one short batch when there are fewer images than that): a
+        fixed batch shape is compiled once.
+        """
+        return max(1, len(self.x) // self.batch_size)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pandas as pd
 import yaml
@@ -166,6 +167,50 @@ class Log:
 # -- the runner -----------------------------------------------------------------------
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of every epoch (an epoch-level callback: no per-step sync)."""
+
+    def on_train_begin(self, logs=None):
+        self.times: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self._t0)
+
+
+class SweepHooks:
+    """Around each network: its epoch times, for images/s after the first (compiling)
+    epoch; and per-epoch metrics to MLflow when the sweep logs there.
+    """
+
+    def __init__(self, log: Log) -> None:
+        self.log, self.rates, self._timer = log, {}, None
+
+    @contextlib.contextmanager
+    def network(self, job):
+        from hmoe.steps.hooks import Fit
+
+        self._timer = EpochTimer()
+        callbacks = [self._timer]
+        if self.log.mlflow is not None:
+            from hmoe.tracking import EpochLogger
+
+            callbacks.append(EpochLogger())
+        yield Fit(callbacks)
+
+    def finished(self, job, model, summary):
+        times = self._timer.times
+        steady = times[1:] or times  # the first epoch includes tracing and compiling
+        rate = job.n_train * len(steady) / sum(steady) if sum(steady) > 0 else float("nan")
+        self.rates[job.name] = rate
+        logger.info(
+            "%s: %.0f images/s after compile (first epoch %.1f s)", job.name, rate, times[0]
+        )
+        return summary
+
+
 @dataclass
 class Runner:
     """The steps for one configuration x seed, with every network reused by its key."""
@@ -174,11 +219,10 @@ class Runner:
     log: Log
     cache: dict[tuple, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    hooks: SweepHooks | None = None
 
     def cached(self, step: str, key: tuple, seed: int, make: Callable[[], Any]) -> Any:
         """``make()`` once per key (seeded as a stage would be), timed and logged."""
-        import keras
-
         full = (step, *key)
         reused = full in self.cache
         with self.log.step(step, reused):
@@ -204,11 +248,15 @@ class Runner:
 
         train, val = self.splits["train"], self.splits["val"]
         self.seconds = {}
+        hooks = self.hooks = self.hooks or SweepHooks(self.log)
+        hooks.rates = {}
         k_base = (p.seed, p.data, p.net, p.base, p.train)
-        base = self.cached("base", k_base, p.seed, lambda: experts.train_base(p, train, val))
+        base = self.cached(
+            "base", k_base, p.seed, lambda: experts.train_base(p, train, val, hooks=hooks)
+        )
         second = None
         if p.controls.second_base:
-            make = lambda: experts.train_base(p, train, val, second=True)  # noqa: E731
+            make = lambda: experts.train_base(p, train, val, second=True, hooks=hooks)  # noqa: E731
             second = self.cached("second_base", k_base, p.seed, make)
         k_groups = (*k_base, p.groups, p.grouping)
         groups, _ = self.cached(
@@ -219,13 +267,13 @@ class Runner:
             "specialists",
             (*init(p.specialists), groups, p.specialists),
             p.seed,
-            lambda: experts.train_specialists(p, groups, train, val, base=base.model),
+            lambda: experts.train_specialists(p, groups, train, val, base=base.model, hooks=hooks),
         )
         router = self.cached(
             "router",
             (*init(p.router), groups, p.router),
             p.seed,
-            lambda: experts.train_router(p, groups, train, val, base=base.model),
+            lambda: experts.train_router(p, groups, train, val, base=base.model, hooks=hooks),
         )
         seen = GateInput(p.gates.inputs)
 
@@ -263,6 +311,7 @@ class Runner:
         row["val_base_accuracy"] = gates.summary["val_base_accuracy"]
         row["groups"] = yaml.safe_dump(groups.to_dict(), default_flow_style=True).strip()
         row |= {f"{s}_s": self.seconds.get(s, 0.0) for s in STEPS}
+        row |= {f"{n}_images_per_s": r for n, r in hooks.rates.items()}
         return row
 
 
@@ -292,7 +341,7 @@ def prepare_data(raw: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarr
 
 def run_sweep(spec: SweepSpec, out: Path, *, track: bool = True) -> pd.DataFrame:
     """Run every configuration x seed not yet in ``out``/findings.csv; write findings."""
-    from hmoe import edge
+    from hmoe import runtime
 
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "findings.csv"
@@ -301,8 +350,8 @@ def run_sweep(spec: SweepSpec, out: Path, *, track: bool = True) -> pd.DataFrame
     datas = {params_for(spec.raw, o, 0).data for o in spec.configurations.values()}
     if len(datas) > 1:
         raise SweepError("configurations must share the `data` section (one set of splits)")
-    policy, why = edge.setup_keras(first)
-    logger.info("precision %s (%s)", policy, why)
+    policy, why, jit, jit_why = runtime.setup(first)
+    logger.info("precision %s (%s), compiled %s (%s)", policy, why, jit, jit_why)
     start = time.perf_counter()
     runner = Runner(prepare_data(spec.raw), Log(f"{first.mlflow.experiment}-sweep", track))
     logger.info("data prepared in %.1f s", time.perf_counter() - start)

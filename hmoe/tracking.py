@@ -270,9 +270,13 @@ def log_dataset(context: str, x: np.ndarray, y: np.ndarray, source: Path, digest
     mlflow.log_input(dataset, context=context)
 
 
-def log_precision() -> None:
-    """The Keras dtype policy the stage actually ran under."""
+def log_runtime(jit_setting: bool | str) -> None:
+    """How the stage actually ran: Keras backend, dtype policy, compiled or not."""
+    from hmoe.runtime import resolve_jit
+
+    mlflow.log_param("keras_backend", keras.backend.backend())
     mlflow.log_param("precision_used", keras.mixed_precision.global_policy().name)
+    mlflow.log_param("jit_compile_used", resolve_jit(jit_setting)[0])
 
 
 def log_param(key: str, value: Any) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hmoe import edge, modelset, paths
+from hmoe import edge, modelset, paths, runtime
 from hmoe.data.storage import atomic_write, file_md5, write_json
 from hmoe.gates import GateInput
 from hmoe.metrics import per_class_accuracy
@@ -85,7 +85,7 @@ def report(result: Evaluation, y: np.ndarray, groups) -> list[Path]:
 
 
 def main() -> None:
-    params = edge.init(STAGE)
+    params = runtime.init(STAGE)
     groups = edge.read_groups()
     mix = load_mixture(
         groups,

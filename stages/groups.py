@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from hmoe import edge, modelset, paths
+from hmoe import edge, modelset, paths, runtime
 from hmoe.data.storage import write_json
 from hmoe.steps.groups import learn_groups
 
@@ -15,7 +15,7 @@ logger = logging.getLogger("hmoe.groups")
 
 
 def main() -> None:
-    params = edge.init(STAGE)
+    params = runtime.init(STAGE)
     splits, base = {}, None
     if params.groups is None:  # auto: the base's confusions on val
         splits = {"val": edge.read_split("val")}

@@ -14,7 +14,7 @@ STAGE = "prepare"
 
 
 def main() -> None:
-    params = edge.init(STAGE, keras_setup=False)  # a DataError: one line, exit 2
+    params = edge.init(STAGE)  # a DataError: one line, exit 2
     prepared = prepare(load_source(edge.resolve_source(params.data.source)), params.data)
     splits = {}
     for name, (x, y) in prepared.splits.items():

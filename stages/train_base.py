@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from hmoe import edge, modelset, paths, stage_hooks
+from hmoe import edge, modelset, paths, runtime, stage_hooks
 from hmoe.steps.experts import train_base
 
 STAGE = "train_base"
 
 
 def main() -> None:
-    params = edge.init(STAGE)
+    params = runtime.init(STAGE)
     splits = {name: edge.read_split(name) for name in ("train", "val")}
     out = stage_hooks.NetworkOutput(
         paths.BASE_MODEL,

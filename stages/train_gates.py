@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import keras
 
-from hmoe import edge, modelset, paths
+from hmoe import edge, modelset, paths, runtime
 from hmoe.data.storage import write_json
 from hmoe.gates import GateInput
 from hmoe.mixture import load_mixture
@@ -17,7 +17,7 @@ STAGE = "train_gates"
 
 
 def main() -> None:
-    params = edge.init(STAGE)
+    params = runtime.init(STAGE)
     groups = edge.read_groups()
     fit_on = params.gates.fit_on
     seen = GateInput(params.gates.inputs)

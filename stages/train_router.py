@@ -5,14 +5,14 @@ By default a head on the frozen base trunk (`router.freeze_trunk`): one cheap pa
 
 from __future__ import annotations
 
-from hmoe import edge, modelset, paths, stage_hooks
+from hmoe import edge, modelset, paths, runtime, stage_hooks
 from hmoe.steps.experts import train_router
 
 STAGE = "train_router"
 
 
 def main() -> None:
-    params = edge.init(STAGE)
+    params = runtime.init(STAGE)
     groups = edge.read_groups()
     base = stage_hooks.load_base(params.router.init_from_base)
     splits = {name: edge.read_split(name) for name in ("train", "val")}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from hmoe import edge, modelset, paths, stage_hooks
+from hmoe import edge, modelset, paths, runtime, stage_hooks
 from hmoe.data.storage import write_json
 from hmoe.steps.experts import train_base
 
@@ -19,7 +19,7 @@ logger = logging.getLogger("hmoe.second_base")
 
 
 def main() -> None:
-    params = edge.init(STAGE)
+    params = runtime.init(STAGE)
     paths.SECOND_BASE.mkdir(parents=True, exist_ok=True)
     reports = paths.stage_reports(STAGE)
     if not params.controls.second_base:

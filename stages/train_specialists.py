@@ -8,7 +8,7 @@ metrics file with a section per group.
 
 from __future__ import annotations
 
-from hmoe import edge, modelset, paths, stage_hooks
+from hmoe import edge, modelset, paths, runtime, stage_hooks
 from hmoe.data.storage import write_json
 from hmoe.steps.experts import train_specialist
 
@@ -16,7 +16,7 @@ STAGE = "train_specialists"
 
 
 def main() -> None:
-    params = edge.init(STAGE)
+    params = runtime.init(STAGE)
     groups = edge.read_groups()
     splits = {name: edge.read_split(name) for name in ("train", "val")}
     outputs = {

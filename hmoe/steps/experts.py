@@ -1,7 +1,7 @@
 """Steps `train_base`, `train_specialists` and `train_router`: the frozen networks.
 
 Randomness: layers built with no explicit seed draw from Keras's global generators,
-which the caller seeds (:func:`hmoe.edge.init` in a stage, the sweep before each
+which the caller seeds (:func:`hmoe.runtime.init` in a stage, the sweep before each
 step); the second base reseeds with its own seed, as its own network.
 """
 
@@ -17,7 +17,13 @@ import numpy as np
 
 from hmoe.groups import Groups
 from hmoe.params import NetParams, Params
-from hmoe.recipe import TrainingDiverged, build_network, fit_classifier, summarise_history
+from hmoe.recipe import (
+    TrainingDiverged,
+    build_network,
+    fit_classifier,
+    summarise_history,
+)
+from hmoe.runtime import resolve_jit
 from hmoe.steps.hooks import NO_HOOKS, Hooks, NetworkJob
 
 logger = logging.getLogger(__name__)
@@ -164,8 +170,9 @@ def _train(
             cfg,
             seed=seed,
             state_dir=fit.state_dir,
-            callbacks=[keras.callbacks.TerminateOnNaN(), *fit.callbacks],
-            jit_compile=params.train.jit_compile,
+            callbacks=fit.callbacks,
+            jit_compile=resolve_jit(params.train.jit_compile)[0],
+            steps_per_execution=params.train.steps_per_execution,
         )
         if model.stop_training and not np.isfinite(history.history.get("loss", [0.0])).all():
             section = SECTIONS.get(name.split("@", maxsplit=1)[0], "specialists")

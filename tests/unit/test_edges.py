@@ -9,7 +9,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from hmoe import edge, paths, tracking
+from hmoe import edge, paths, runtime, tracking
 from hmoe.data import save_split
 from hmoe.data.storage import file_md5
 from hmoe.params import ParamsError, load_params, parse_params
@@ -50,8 +50,8 @@ def test_backup_key_changes_with_params_and_stage():
 
 
 def test_resolve_precision_auto_is_float32_on_cpu_and_explicit_wins():
-    assert edge.resolve_precision("auto")[0] == "float32"  # the test machines have no GPU
-    assert edge.resolve_precision("mixed_bfloat16") == ("mixed_bfloat16", "set in params.yaml")
+    assert runtime.resolve_precision("auto")[0] == "float32"  # the test machines have no GPU
+    assert runtime.resolve_precision("mixed_bfloat16") == ("mixed_bfloat16", "set in params.yaml")
 
 
 def test_save_model_is_atomic(tmp_path):

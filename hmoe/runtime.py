@@ -1,0 +1,95 @@
+"""How Keras runs in a process: seeds, determinism, float policy and compilation.
+
+Every stage that runs Keras starts with :func:`init`; the sweep calls :func:`setup`.
+What is and is not deterministic (README, "Determinism"): on CPUs, TensorFlow runs
+uncompiled with op determinism, so a rerun gives bit-identical numbers (and an exact
+resume); JAX on CPU compiles with XLA, deterministic on one device. On GPUs the
+compiled step is fast but not bit-identical run to run (atomics in reductions and
+convolution autotuning): compilation is never switched off for determinism's sake.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from hmoe import edge, paths
+from hmoe.params import Params
+
+logger = logging.getLogger("hmoe")
+
+# Measured with bench/cpu_figures.py (training images/s, fp32 vs mixed_bfloat16): on the
+# 2-core AMD EPYC (Zen 4, AVX-512 bf16, no AMX) 401 vs 299 for the default network; on
+# the 2-core Intel Xeon with AMX 993 vs 621 for the previous one. bf16 pays on GPUs.
+CPU_PRECISION = "float32"
+GPU_PRECISION = "mixed_bfloat16"
+JAX_CACHE = ".cache/jax"  # JAX's persistent compilation cache, under the repository root
+
+
+def init(stage: str) -> Params:
+    """:func:`hmoe.edge.init` (logging, errors, params), then :func:`setup`."""
+    params = edge.init(stage)
+    policy, why, jit, jit_why = setup(params)
+    logger.info(
+        "stage %s: params ok, precision %s (%s), compiled %s (%s)",
+        stage, policy, why, jit, jit_why,
+    )  # fmt: skip
+    return params
+
+
+def setup(params: Params) -> tuple[str, str, bool, str]:
+    """Seeds, determinism, float policy and the compilation decision; returns
+    (policy, why, compiled, why).
+    """
+    import keras
+
+    keras.utils.set_random_seed(params.seed)
+    jit, jit_why = resolve_jit(params.train.jit_compile)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if jit:  # TF drops XLA silently under op determinism: say so instead
+            logger.warning(
+                "compiled TensorFlow training (train.jit_compile) is not bit-identical run "
+                "to run: op determinism is off"
+            )
+        else:  # same params and data -> same numbers (tests/pipeline/test_reliability.py)
+            tf.config.experimental.enable_op_determinism()
+    if backend == "jax":
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", str(paths.repo_root() / JAX_CACHE))
+    policy, why = resolve_precision(params.train.precision)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy, why, jit, jit_why
+
+
+def resolve_precision(setting: str) -> tuple[str, str]:
+    """The Keras dtype policy for ``train.precision`` and why it was chosen."""
+    if setting != "auto":
+        return setting, "set in params.yaml"
+    if _gpus():
+        return GPU_PRECISION, f"auto: {len(_gpus())} GPU(s) visible"
+    return CPU_PRECISION, "auto: CPU only, where bfloat16 measured slower (see README)"
+
+
+def resolve_jit(setting: bool | str) -> tuple[bool, str]:
+    """``train.jit_compile``: auto compiles on JAX (CPU and GPU) and on TensorFlow GPUs;
+    TensorFlow on a CPU runs uncompiled, where its op determinism holds.
+    """
+    import keras
+
+    if isinstance(setting, bool):
+        return setting, "set in params.yaml"
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return True, "auto: JAX compiles every step"
+    if backend == "tensorflow" and _gpus():
+        return True, "auto: TensorFlow with a GPU"
+    return False, f"auto: {backend} on a CPU runs uncompiled, with deterministic ops"
+
+
+def _gpus() -> list:
+    import keras
+
+    return [d for d in keras.distribution.list_devices() if "gpu" in str(d).lower()]
