@@ -472,6 +472,11 @@ class _Lookahead:
         rho = self.base**self.every * (step / self.total_steps) ** self.power
         started = ops.convert_to_tensor(self._started)
         rho = ops.where(started > 0, rho, 0.0)  # the first update copies the weights
+        if keras.backend.backend() == "tensorflow":
+            # a graph conditional runs the averaging on its steps only (1 in `every`)
+            ops.cond(due, lambda: self._average(trainable_variables, rho), lambda: rho)
+            return
+        # JAX: no side effects inside a traced conditional; a select is fused by XLA
         for var in trainable_variables:
             avg = self._averages[self._get_variable_index(var)]
             a, v = ops.convert_to_tensor(avg), ops.convert_to_tensor(var)
@@ -479,6 +484,17 @@ class _Lookahead:
             avg.assign(ops.where(due, new, a))
             var.assign(ops.where(due, ops.cast(new, v.dtype), v))
         self._started.assign(ops.where(due, 1.0, started))
+
+    def _average(self, trainable_variables, rho):
+        for var in trainable_variables:
+            avg = self._averages[self._get_variable_index(var)]
+            new = ops.cast(rho, avg.dtype) * avg + ops.cast(1.0 - rho, avg.dtype) * ops.cast(
+                var, avg.dtype
+            )
+            avg.assign(new)
+            var.assign(ops.cast(new, var.dtype))
+        self._started.assign(1.0)
+        return rho
 
     def get_config(self):
         return {

@@ -100,6 +100,9 @@ print(json.dumps({
 
 def test_jax_data_parallel_trains_over_two_cpu_devices():
     """`train.distribute` on JAX: keras.distribution.DataParallel over two host devices."""
+    from tests.support.tiers import has_module, need
+
+    need(has_module("jax"), "the JAX backend needs the jax extra: pip install -e '.[dev,jax]'")
     env = os.environ | {
         "PYTHONPATH": str(ROOT),
         "KERAS_BACKEND": "jax",

@@ -10,15 +10,16 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.support.tiers import has_module, need
 from tests.support.tinyrepo import base_env, make_repo, predict_in_fresh_process
 from tests.support.tinyrepo import run as _run
 
 pytestmark = pytest.mark.pipeline
-pytest.importorskip("jax", reason="the JAX backend needs: pip install -e '.[jax]'")
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
+    need(has_module("jax"), "the JAX backend needs the jax extra: pip install -e '.[dev,jax]'")
     root = tmp_path_factory.mktemp("jax")
     env = base_env(root / "repo", KERAS_BACKEND="jax")
     repo = make_repo(root, "hmoe-jax", env)

