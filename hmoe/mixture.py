@@ -17,7 +17,7 @@ import numpy as np
 
 from hmoe.gates import GateInput
 from hmoe.groups import Groups
-from hmoe.params import ROUTINGS
+from hmoe.params import FUSIONS, ROUTINGS
 
 logger = logging.getLogger(__name__)
 PROBS = GateInput("probs")  # the gates' default input: both experts' probabilities
@@ -99,14 +99,37 @@ def ensemble(base: np.ndarray, specs_embedded: Sequence[np.ndarray]) -> np.ndarr
     return total / total.sum(axis=1, keepdims=True)
 
 
+def group_marginal(base: np.ndarray, groups: Groups) -> np.ndarray:
+    """(N, G): the base's probability of each group (the sum over its classes)."""
+    membership = np.zeros((len(groups.classes), len(groups.names)), dtype=np.float32)
+    membership[np.arange(len(groups.classes)), list(groups.group_of_label())] = 1.0
+    return base @ membership
+
+
+def fuse_routes(router: np.ndarray, marginal: np.ndarray, fusion: str) -> np.ndarray:
+    """The routing distribution (``mixture.router_fusion``): the router's own, its
+    normalised product with the base's group marginal, or the mean of the two. Two
+    classifiers of the group that err on different images correct each other.
+    """
+    if fusion not in FUSIONS:
+        raise ValueError(f"router fusion must be one of {FUSIONS}, got {fusion!r}")
+    if fusion == "none":
+        return router
+    if fusion == "mean":
+        return ((router + marginal) / 2).astype(np.float32)
+    joint = router * marginal
+    return (joint / np.maximum(joint.sum(axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Outputs:
     """Every frozen network's output on one split (what evaluation and gates need)."""
 
-    router: np.ndarray  # (N, G)
+    router: np.ndarray  # (N, G) the routing distribution (after `mixture.router_fusion`)
     base: np.ndarray  # (N, C)
     specs: tuple[np.ndarray, ...]  # G x (N, C), embedded
     features: np.ndarray | None = None  # (N, F) base trunk features, when gates see them
+    router_net: np.ndarray | None = None  # (N, G) the router network's own output
 
     def for_gate(self, g: int, seen: GateInput) -> np.ndarray:
         """What gate ``g`` sees on these images."""
@@ -132,6 +155,7 @@ class Mixture:
         tta: int = 0,
         batch_size: int = 512,
         gate_input: GateInput = PROBS,
+        router_fusion: str = "none",
     ) -> None:
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
@@ -140,6 +164,9 @@ class Mixture:
         if missing:
             raise ValueError(f"no specialist or gate for groups {missing}")
         self.router, self.base, self.groups, self.routing = router, base, groups, routing
+        if router_fusion not in FUSIONS:
+            raise ValueError(f"router_fusion must be one of {FUSIONS}, got {router_fusion!r}")
+        self.router_fusion = router_fusion
         self.specialists = [specialists[g] for g in groups.names]
         # Gates may be absent while they are being trained (outputs() needs none).
         self.gates = [gates[g] for g in groups.names] if gates else []
@@ -193,9 +220,14 @@ class Mixture:
     def outputs(self, x: np.ndarray) -> Outputs:
         """Run every network on every image (dense): for evaluation and gate training."""
         base, features = self._base_outputs(x)
+        router = self._predict(self.router, x)
         return Outputs(
-            router=self._predict(self.router, x), base=base, specs=self._specs(x), features=features
-        )
+            router=self._route(router, base), base=base, specs=self._specs(x),
+            features=features, router_net=router,
+        )  # fmt: skip
+
+    def _route(self, router: np.ndarray, base: np.ndarray) -> np.ndarray:
+        return fuse_routes(router, group_marginal(base, self.groups), self.router_fusion)
 
     def gate_weights(self, out: Outputs) -> list[np.ndarray]:
         return [
@@ -226,9 +258,9 @@ class Mixture:
             route = np.argmax(out.router, axis=1)
             spec_w = np.stack([w[:, 1] for w in weights], axis=1)[np.arange(len(x)), route]
             return Prediction(probs, route, out.router[np.arange(len(x)), route], spec_w)
-        router = self._predict(self.router, x)
-        route = np.argmax(router, axis=1)
         base, features = self._base_outputs(x)
+        router = self._route(self._predict(self.router, x), base)
+        route = np.argmax(router, axis=1)
         probs = np.zeros_like(base)
         spec_w = np.zeros(len(x), dtype=np.float32)
         for g in range(len(self.gates)):
@@ -268,6 +300,7 @@ def load_mixture(
     tta: int = 0,
     gate_input: GateInput = PROBS,
     gates: bool = True,
+    router_fusion: str = "none",
 ) -> Mixture:
     """The assembled mixture from its files (registered name -> path, as
     :func:`hmoe.modelset.model_files` gives them or a logged pyfunc's artifacts).
@@ -288,4 +321,5 @@ def load_mixture(
         routing=routing,
         tta=tta,
         gate_input=gate_input,
+        router_fusion=router_fusion,
     )

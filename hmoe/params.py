@@ -100,6 +100,7 @@ class ControlsParams:
 class MixtureParams:
     routing: str
     tta: int  # test-time views: 0 none, 1 + mirror, 2 + mirror and 1-pixel shifts
+    router_fusion: str  # none, or product / mean with the base's group marginal
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class Params:
 
 
 ROUTINGS = ("hard", "soft")
+FUSIONS = ("none", "product", "mean")  # mixture.router_fusion
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("triangle", "cosine")
@@ -273,6 +275,7 @@ def _check(p: Params) -> None:
     _check_mixture_options(p)
     _one_of(p.mixture.routing, ROUTINGS, "mixture.routing")
     _one_of(p.mixture.tta, TTA_LEVELS, "mixture.tta")
+    _one_of(p.mixture.router_fusion, FUSIONS, "mixture.router_fusion")
     _one_of(p.train.precision, PRECISIONS, "train.precision")
     _one_of(p.train.distribute, DISTRIBUTE, "train.distribute")
     if p.train.steps_per_execution <= 0:

@@ -587,6 +587,22 @@ def fit_classifier(
     )
 
 
+def multiply_adds(model: keras.Model) -> int:
+    """Multiply-adds of one forward pass of one image through ``model`` (convolutions,
+    the whitening layer and dense layers; the rest is negligible): the unit of the
+    training and inference costs the sweep reports.
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D | PatchWhitening):
+            _, h, w, c_out = layer.output.shape
+            kh, kw, c_in, _ = layer.kernel.shape
+            total += h * w * kh * kw * c_in * c_out
+        elif isinstance(layer, layers.Dense):
+            total += int(np.prod(layer.kernel.shape))
+    return int(total)
+
+
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; nothing trained is worth keeping."""
 

@@ -32,7 +32,10 @@ HEADLINE = (
     ("oracle_accuracy", "oracle routing (true group)"),
     ("hard_accuracy", "hard routing"),
     ("soft_accuracy", "soft routing"),
-    ("router_accuracy", "router (group accuracy)"),
+    ("router_accuracy", "routing (group accuracy, after mixture.router_fusion)"),
+    ("router_net_accuracy", "router network alone (group accuracy)"),
+    ("base_group_accuracy", "base's group marginal (group accuracy)"),
+    ("routing_loss", "hard-routing loss (oracle - hard)"),
     ("lift_over_base", "lift over base"),
     ("lift_over_ensemble", "lift over ensemble"),
 )

@@ -30,6 +30,7 @@ def mixture_config(groups, mixture_params, gate_input: str = "probs") -> dict[st
         "groups": groups.to_dict(),
         "routing": mixture_params.routing,
         "tta": mixture_params.tta,
+        "router_fusion": mixture_params.router_fusion,
         "gate_input": gate_input,
     }
 
@@ -94,6 +95,7 @@ class MixturePyfunc(mlflow.pyfunc.PythonModel):
             tta=cfg.get("tta", 0),
             # "gate_inputs": the key of mixtures logged before hmoe 0.2
             gate_input=GateInput(cfg.get("gate_input", cfg.get("gate_inputs", "probs"))),
+            router_fusion=cfg.get("router_fusion", "none"),
         )
 
         self.group_names = list(groups.names)

@@ -58,11 +58,20 @@ ACCURACIES = (
     "soft_accuracy",
     "oracle_accuracy",
     "router_accuracy",
+    "router_net_accuracy",
+    "base_group_accuracy",
     "ensemble_accuracy",
     "product_control_accuracy",
     "equal_gates_control_accuracy",
     "two_bases_control_accuracy",
 )
+# Costs shown beside the accuracies (means over seeds).
+COSTS = {
+    "cost_train_gmacs_mixture": "train GMACs (base + specialists + router)",
+    "cost_train_s_mixture": "train s",
+    "cost_inference_mmacs_hard": "MMACs/image hard",
+    "cost_inference_mmacs_soft": "MMACs/image soft",
+}
 STEPS = ("base", "second_base", "groups", "specialists", "router", "gates", "evaluate")
 
 
@@ -187,6 +196,7 @@ class SweepHooks:
 
     def __init__(self, log: Log) -> None:
         self.log, self.rates, self._timer = log, {}, None
+        self.gmacs: list[float] = []  # training cost of the networks trained since reset
 
     @contextlib.contextmanager
     def network(self, job):
@@ -205,6 +215,10 @@ class SweepHooks:
         steady = times[1:] or times  # the first epoch includes tracing and compiling
         rate = job.n_train * len(steady) / sum(steady) if sum(steady) > 0 else float("nan")
         self.rates[job.name] = rate
+        from hmoe.recipe import multiply_adds
+
+        passes = job.n_train * summary["epochs_run"]  # image passes (forward + backward)
+        self.gmacs.append(passes * multiply_adds(model) / 1e9)
         logger.info(
             "%s: %.0f images/s after compile (first epoch %.1f s)", job.name, rate, times[0]
         )
@@ -219,6 +233,7 @@ class Runner:
     log: Log
     cache: dict[tuple, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    cost: dict[tuple, tuple[float, float]] = field(default_factory=dict)  # key -> (GMACs, s)
     hooks: SweepHooks | None = None
 
     def cached(self, step: str, key: tuple, seed: int, make: Callable[[], Any]) -> Any:
@@ -229,8 +244,12 @@ class Runner:
             if not reused:
                 keras.utils.set_random_seed(seed)
                 start = time.perf_counter()
+                if self.hooks is not None:
+                    self.hooks.gmacs = []
                 self.cache[full] = make()
                 self.seconds[step] = time.perf_counter() - start
+                gmacs = sum(self.hooks.gmacs) if self.hooks is not None else 0.0
+                self.cost[full] = (gmacs, self.seconds[step])
                 logger.info("%s: %.1f s", step, self.seconds[step])
             else:
                 self.seconds[step] = 0.0
@@ -263,15 +282,17 @@ class Runner:
             "groups", k_groups, p.seed, lambda: learn_groups(p, base.model, val)
         )
         init = lambda cfg: k_base if cfg.init_from_base else (p.seed, p.data, p.net, p.train)  # noqa: E731
+        k_specs = (*init(p.specialists), groups, p.specialists)
+        k_router = (*init(p.router), groups, p.router)
         specs = self.cached(
             "specialists",
-            (*init(p.specialists), groups, p.specialists),
+            k_specs,
             p.seed,
             lambda: experts.train_specialists(p, groups, train, val, base=base.model, hooks=hooks),
         )
         router = self.cached(
             "router",
-            (*init(p.router), groups, p.router),
+            k_router,
             p.seed,
             lambda: experts.train_router(p, groups, train, val, base=base.model, hooks=hooks),
         )
@@ -287,6 +308,7 @@ class Runner:
                 routing=p.mixture.routing,
                 tta=p.mixture.tta,
                 gate_input=seen,
+                router_fusion=p.mixture.router_fusion,
             )
 
         fit = gate_fit_split(p.gates.fit_on, self.splits["gate"], train)
@@ -312,6 +334,10 @@ class Runner:
         row["groups"] = yaml.safe_dump(groups.to_dict(), default_flow_style=True).strip()
         row |= {f"{s}_s": self.seconds.get(s, 0.0) for s in STEPS}
         row |= {f"{n}_images_per_s": r for n, r in hooks.rates.items()}
+        used = [("base", k_base), ("specialists", k_specs), ("router", k_router)]
+        gmacs, secs = np.sum([self.cost.get((s, *k), (0.0, 0.0)) for s, k in used], axis=0)
+        row["cost_train_gmacs_mixture"], row["cost_train_s_mixture"] = gmacs, secs
+        row["cost_train_gmacs_base"] = self.cost.get(("base", *k_base), (0.0, 0.0))[0]
         return row
 
 
@@ -420,6 +446,9 @@ def summary_table(frame: pd.DataFrame, reference: str) -> pd.DataFrame:
             if key in group and group[key].notna().any():
                 row[f"{key}_mean"] = group[key].mean()
                 row[f"{key}_std"] = group[key].std(ddof=1) if len(group) > 1 else float("nan")
+        for key in COSTS:
+            if key in group:
+                row[key] = group[key].mean()
         mine = group.set_index("seed")["mixture_accuracy"]
         common = mine.index.intersection(ref.index)
         diff = (mine[common] - ref[common]).to_numpy()
@@ -443,19 +472,25 @@ def findings_markdown(frame: pd.DataFrame, reference: str) -> str:
     table = summary_table(frame, reference)
     shown = [k for k in ACCURACIES if f"{k}_mean" in table]
     head = ["configuration", "seeds", *[k.removesuffix("_accuracy") for k in shown]]
+    costs = [k for k in COSTS if k in table]
     head += [f"mixture - {reference} (95 % t-CI, p)", "mixture - base", "mixture - two bases"]
+    head += [COSTS[k] for k in costs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         cells = [str(r["config"]), str(int(r["seeds"]))]
         cells += [_pm(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in shown]
         for prefix in ("vs_reference", "vs_base", "vs_two_bases"):
             cells.append(_diff(r, prefix))
+        cells += [f"{r[k]:,.0f}" if np.isfinite(r[k]) else "n/a" for k in costs]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = sorted(frame["seed"].unique().tolist())
     note = (
         f"\nAccuracies: mean ± std over seeds {seeds} (test split unless marked val); "
         "differences: mean over seeds of the per-seed paired difference, in points, with "
-        "its 95 % t-interval and paired t-test p (n/a with one seed).\n"
+        "its 95 % t-interval and paired t-test p (n/a with one seed). Costs: training "
+        "image passes x forward multiply-adds of the networks the mixture uses (a reused "
+        "network counts in every configuration that uses it), wall seconds of their "
+        "training, and multiply-adds per test image with the test-time views.\n"
     )
     return "\n".join(lines) + "\n" + note
 

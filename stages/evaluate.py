@@ -93,6 +93,7 @@ def main() -> None:
         routing=params.mixture.routing,
         tta=params.mixture.tta,
         gate_input=GateInput(params.gates.inputs),
+        router_fusion=params.mixture.router_fusion,
     )
     second = paths.SECOND_BASE_MODEL
     second_base = modelset.load_model(second) if second.is_file() else None

@@ -31,6 +31,7 @@ def main() -> None:
         tta=params.mixture.tta,
         gate_input=seen,
         gates=False,
+        router_fusion=params.mixture.router_fusion,
     )
     reports = paths.stage_reports(STAGE)
     reports.mkdir(parents=True, exist_ok=True)

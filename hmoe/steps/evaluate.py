@@ -11,7 +11,8 @@ import numpy as np
 
 from hmoe.controls import FAIR_CONTROLS, ROUTED, all_probs
 from hmoe.metrics import accuracy, specialist_accuracy
-from hmoe.mixture import Mixture
+from hmoe.mixture import Mixture, group_marginal, tta_views
+from hmoe.recipe import multiply_adds
 from hmoe.stats import compare
 
 
@@ -52,6 +53,11 @@ def evaluate(
         ids = groups.class_ids(name)
         metrics[f"specialist_{name}_accuracy"] = specialist_accuracy(out.specs[g], y, ids)
         metrics[f"gate_{name}_specialist_weight"] = float(weights[g][:, 1].mean())
+    metrics["routing_loss"] = metrics["oracle_accuracy"] - metrics["hard_accuracy"]
+    if out.router_net is not None:
+        metrics["router_net_accuracy"] = accuracy(out.router_net, true_group)
+    metrics["base_group_accuracy"] = accuracy(group_marginal(out.base, groups), true_group)
+    metrics |= inference_cost(mixture)
     metrics["lift_over_base"] = metrics["mixture_accuracy"] - metrics["base_accuracy"]
     metrics["lift_over_ensemble"] = metrics["mixture_accuracy"] - metrics["ensemble_accuracy"]
     metrics["mixture_rows_sum_max_error"] = float(np.abs(mixed.sum(axis=1) - 1).max())
@@ -76,3 +82,19 @@ def paired_metrics(
     out |= compare(labels["mixture"], labels["base"], y, seed).as_metrics("vs_base")
     out |= compare(labels["mixture"], labels[best], y, seed).as_metrics("vs_best_control")
     return out, best
+
+
+def inference_cost(mixture: Mixture) -> dict[str, float]:
+    """Multiply-adds per test image (millions), with the mixture's test-time views:
+    hard routing runs the router, the base and one specialist (the largest); soft
+    routing runs every network; the two-bases control, two bases.
+    """
+    views = len(tta_views(np.zeros((1, 32, 32, 3), np.uint8), mixture.tta))
+    router, base = multiply_adds(mixture.router), multiply_adds(mixture.base)
+    specs = [multiply_adds(s) for s in mixture.specialists]
+    return {
+        "cost_inference_mmacs_hard": views * (router + base + max(specs)) / 1e6,
+        "cost_inference_mmacs_soft": views * (router + base + sum(specs)) / 1e6,
+        "cost_inference_mmacs_two_bases": views * 2 * base / 1e6,
+        "cost_inference_mmacs_base": views * base / 1e6,
+    }

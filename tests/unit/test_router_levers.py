@@ -1,0 +1,95 @@
+"""Issue 17's levers and accounting: the router fused with the base's group marginal,
+the routing metrics and the multiply-add costs (tiny networks, pure maths)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from hmoe.gates import build_gate
+from hmoe.mixture import Mixture, fuse_routes, group_marginal
+from hmoe.params import ParamsError, parse_params
+from hmoe.recipe import build_classifier, fit_whitening, multiply_adds
+from hmoe.steps.evaluate import evaluate
+from tests.unit.test_recipe import ARCH, GROUPS
+
+
+def _dist(rng, n, k):
+    z = rng.random((n, k)).astype(np.float32) + 1e-3
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def test_group_marginal_sums_the_base_over_each_group():
+    base = _dist(np.random.default_rng(0), 5, 10)
+    m = group_marginal(base, GROUPS)
+    for g, name in enumerate(GROUPS.names):
+        np.testing.assert_allclose(m[:, g], base[:, list(GROUPS.class_ids(name))].sum(axis=1))
+    np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", ["none", "product", "mean"])
+def test_fused_routes_are_distributions(fusion):
+    rng = np.random.default_rng(1)
+    r, m = _dist(rng, 8, 2), _dist(rng, 8, 2)
+    fused = fuse_routes(r, m, fusion)
+    np.testing.assert_allclose(fused.sum(axis=1), 1.0, atol=1e-6)
+    if fusion == "product":
+        np.testing.assert_allclose(fused, r * m / (r * m).sum(axis=1, keepdims=True), rtol=1e-6)
+
+
+def test_product_fusion_lets_a_confident_base_overrule_a_hesitant_router():
+    router = np.array([[0.55, 0.45]], np.float32)  # leans to group 0
+    marginal = np.array([[0.05, 0.95]], np.float32)  # the base is sure of group 1
+    assert fuse_routes(router, marginal, "product").argmax() == 1
+    assert fuse_routes(router, marginal, "none").argmax() == 0
+
+
+def test_unknown_fusion_is_a_params_error(raw_params):
+    raw_params["mixture"]["router_fusion"] = "max"
+    with pytest.raises(ParamsError, match="router_fusion"):
+        parse_params(raw_params)
+
+
+def _net(n):
+    model = build_classifier(n, ARCH)
+    fit_whitening(model, np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3), np.uint8))
+    return model
+
+
+@pytest.mark.parametrize("routing", ["hard", "soft"])
+def test_fused_mixture_is_the_same_routed_and_dense_and_reports_routing(routing):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 12)
+    mix = Mixture(
+        router=_net(2), base=_net(10), specialists={"a": _net(4), "b": _net(6)},
+        gates={"a": build_gate(20, hidden=4), "b": build_gate(20, hidden=4)},
+        groups=GROUPS, routing=routing, tta=1, router_fusion="product",
+    )  # fmt: skip
+    out = mix.outputs(images)
+    expected = fuse_routes(out.router_net, group_marginal(out.base, GROUPS), "product")
+    np.testing.assert_allclose(out.router, expected, rtol=1e-6)
+    details = mix.predict_details(images)
+    np.testing.assert_allclose(details.probs, mix.predict_dense(images), atol=1e-5)
+    m = evaluate(mix, (images, y)).metrics
+    assert m["routing_loss"] == pytest.approx(m["oracle_accuracy"] - m["hard_accuracy"])
+    assert 0 <= m["router_net_accuracy"] <= 1 and 0 <= m["base_group_accuracy"] <= 1
+    assert m["cost_inference_mmacs_soft"] > m["cost_inference_mmacs_hard"] > 0
+    assert m["cost_inference_mmacs_two_bases"] == pytest.approx(2 * m["cost_inference_mmacs_base"])
+
+
+def test_multiply_adds_counts_convolutions_and_dense_layers():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.GlobalMaxPooling2D()(x)
+    outputs = keras.layers.Dense(10, use_bias=False)(x)
+    model = keras.Model(inputs, outputs)
+    assert multiply_adds(model) == 8 * 8 * 3 * 3 * 3 * 4 + 4 * 10
+    # the default network at width 64: about 54 M multiply-adds per image (README)
+    from hmoe.params import load_params
+    from tests.conftest import ROOT
+
+    full = build_classifier(10, load_params(ROOT / "params.yaml").net)
+    assert 40e6 < multiply_adds(full) < 70e6
