@@ -30,7 +30,7 @@ from hmoe import paths
 from hmoe.data.constants import DataError
 from hmoe.data.storage import atomic_write, file_md5, load_split
 from hmoe.groups import Groups, GroupsError
-from hmoe.params import Params, ParamsError, flatten, load_params
+from hmoe.params import Params, ParamsError, flatten, load_params, parse_params
 
 logger = logging.getLogger("hmoe")
 
@@ -88,6 +88,23 @@ def stage_params(stage: str, params: Params) -> dict[str, Any]:
     declared = spec.get("do", spec).get("params", [])
     flat = flatten(params)
     return {k: v for k, v in flat.items() if any(k == d or k.startswith(f"{d}.") for d in declared)}
+
+
+def changed_params(params: Params) -> dict[str, Any]:
+    """The params (dotted keys) whose values differ from params.yaml as committed at
+    HEAD: what `dvc exp run -S` or an edit changed for this run.
+    """
+    import subprocess
+
+    try:
+        text = subprocess.run(
+            ["git", "show", f"HEAD:{paths.PARAMS}"], capture_output=True, text=True, check=True
+        ).stdout
+        committed = flatten(parse_params(yaml.safe_load(text)))
+    except (OSError, subprocess.CalledProcessError, ParamsError):
+        return {}
+    now = flatten(params)
+    return {k: v for k, v in now.items() if committed.get(k) != v}
 
 
 def data_digest() -> str | None:

@@ -1,6 +1,6 @@
 """The mixture's arithmetic (pure numpy) and the assembled predictor.
 
-Notation (see README): router r(x) over groups, base b(x) over classes, specialist
+Notation (README, "what it is"): router r(x) over groups, base b(x) over classes, specialist
 s_g(x) over its group's classes embedded into all classes as ŝ_g(x), gate g's
 weights w_g(x) over {base, specialist}. Branch g: p_g = w_g0 * b + w_g1 * ŝ_g.
 Hard routing: p = p_{argmax r}. Soft routing: p = sum_g r_g * p_g.

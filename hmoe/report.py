@@ -94,19 +94,35 @@ def gate_matrix(y, gate_ws: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
 
 
 def curves_figure(histories: Mapping[str, pd.DataFrame]):
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for name, h in histories.items():
-        for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
-            for col, style in ((metric, "--"), (f"val_{metric}", "-")):
-                if col in h:
-                    ax.plot(h["epoch"] + 1, h[col], style, label=f"{name} {col}")
-    for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
+    """One panel per network of this run: train (dashed) and val (solid) accuracy."""
+    n = max(1, len(histories))
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, (name, h) in zip(axes.flat, histories.items(), strict=False):
+        for col, style in (("accuracy", "--"), ("val_accuracy", "-")):
+            if col in h:
+                ax.plot(h["epoch"] + 1, h[col], style, label=col.replace("_", " "))
+        ax.set_title(name, fontsize=10)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
+        ax.set_ylabel("accuracy")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(histories) :]:
+        ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+CAPTIONS = {
+    "confusion.png": "Confusion matrices on the test split, base (left) and mixture (right): "
+    "rows are the true class, columns the predicted one.",
+    "per_class.png": "Test accuracy per class, base against mixture.",
+    "routing_gates.png": "Left: the share of each true class the router sends to each group "
+    "(a perfect router puts 1.00 in its group's column). Right: the mean weight each group's "
+    "gate puts on its specialist, per true class.",
+    "curves.png": "Training curves of every network this run trained: train (dashed) and "
+    "validation (solid) accuracy per epoch.",
+}
 
 
 def write_report(
@@ -124,7 +140,11 @@ def write_report(
     best_control: str | None = None,
     partition: Mapping[str, Sequence[str]] | None = None,
     partition_source: str = "params",
+    provenance: Mapping[str, str] | None = None,
 ) -> list[Path]:
+    """The figures, report.md and report.html: provenance first, then the results with
+    their intervals and costs, then the captioned figures.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(classes)
     figures = {
@@ -163,24 +183,25 @@ def write_report(
         for g in group_names
         if f"specialist_{g}_accuracy" in metrics
     ]
-    md = ["# hmoe report (test split)", "", "| figure | value |", "|---|---|"]
+    prov = list((provenance or {}).items())
+    md = ["# hmoe report", "", "## Provenance", "", "| what | value |", "|---|---|"]
+    md += [f"| {k} | {v} |" for k, v in prov]
+    md += ["", "## Results (test split)", "", "| figure | value |", "|---|---|"]
     md += [f"| {label} | {value:.4f} |" for label, value in rows]
-    md += _lift_table(metrics, best_control)
+    lift = _lift_table(metrics, best_control)
+    md += lift
+    costs = [(k, v) for k, v in metrics.items() if k.startswith("cost_")]
+    if costs:
+        md += ["", "## Costs", "", "| cost | value |", "|---|---|"]
+        md += [f"| {k.removeprefix('cost_')} | {v:,.1f} |" for k, v in costs]
     if partition:
         md += ["", f"## Groups ({partition_source})", "", "| group | classes |", "|---|---|"]
         md += [f"| {g} | {', '.join(members)} |" for g, members in partition.items()]
+    md += ["", "## Figures"]
     for name in figures:
-        md += ["", f"![{name}]({name})"]
+        md += ["", f"![{name}]({name})", "", f"*{CAPTIONS.get(name, name)}*"]
     (out_dir / "report.md").write_text("\n".join(md) + "\n")
-    table = "".join(
-        f"<tr><td>{html.escape(label)}</td><td>{value:.4f}</td></tr>" for label, value in rows
-    )
-    imgs = "".join(f'<p><img src="{name}" style="max-width:100%"></p>' for name in figures)
-    (out_dir / "report.html").write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>hmoe report</title></head>"
-        f"<body><h1>hmoe report (test split)</h1><table border='1'>{table}</table>{imgs}"
-        "</body></html>\n"
-    )
+    (out_dir / "report.html").write_text(_html(md))
     written += [out_dir / "report.md", out_dir / "report.html"]
     logger.info("report written to %s", out_dir)
     return written
@@ -208,12 +229,53 @@ def _lift_table(metrics: Mapping[str, float], best_control: str | None) -> list[
     return lines if len(lines) > 5 else []
 
 
-def read_histories(reports: Path) -> dict[str, pd.DataFrame]:
-    """Every training stage's history (CSV) under reports/, by stage (and group) name."""
-    out = {}
-    for path in sorted(reports.glob("train_*/**/*.csv")):
-        name = "/".join(path.relative_to(reports).with_suffix("").parts)
-        name = name.removesuffix("/history").replace("/history/", "/")
-        if name != "train_gates":
-            out[name] = pd.read_csv(path)
-    return out
+def read_histories(files: Mapping[str, Path]) -> dict[str, pd.DataFrame]:
+    """The epoch logs of the networks this run trained (label -> history CSV); a
+    missing file (a network not trained, e.g. no second base) is left out.
+    """
+    return {name: pd.read_csv(path) for name, path in files.items() if Path(path).is_file()}
+
+
+def _html(md: Sequence[str]) -> str:
+    """A small, dependency-free rendering of the report's Markdown lines: headings,
+    tables, figures with captions.
+    """
+    out, table = [], []
+
+    def flush() -> None:
+        if not table:
+            return
+        cells = [[c.strip() for c in row.strip("|").split("|")] for row in table]
+        head, body = cells[0], [r for r in cells[1:] if not set("".join(r)) <= {"-"}]
+        out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head)
+                   + "</tr></thead><tbody>" + "".join(
+                       "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                       for r in body) + "</tbody></table>")  # fmt: skip
+        table.clear()
+
+    for line in md:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith("## "):
+            out.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            out.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("!["):
+            src = line[line.index("(") + 1 : line.rindex(")")]
+            out.append(f'<figure><img src="{html.escape(src)}" alt="{html.escape(src)}">')
+        elif line.startswith("*") and line.endswith("*"):
+            out.append(f"<figcaption>{html.escape(line.strip('*'))}</figcaption></figure>")
+        elif line:
+            out.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
+        "padding:.2em .6em;text-align:left}img{max-width:100%}figcaption{color:#444}"
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>hmoe report</title>"
+        f"<style>{style}</style></head><body>{''.join(out)}</body></html>\n"
+    )

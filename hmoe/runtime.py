@@ -1,9 +1,10 @@
 """How Keras runs in a process: seeds, determinism, float policy and compilation.
 
 Every stage that runs Keras starts with :func:`init`; the sweep calls :func:`setup`.
-What is and is not deterministic (README, "Determinism"): on CPUs, TensorFlow runs
-uncompiled with op determinism, so a rerun gives bit-identical numbers (and an exact
-resume); JAX on CPU compiles with XLA, deterministic on one device. On GPUs the
+What is and is not deterministic (docs/troubleshooting.md, "Same inputs, same
+numbers"): on CPUs, TensorFlow runs uncompiled with op determinism, so a rerun gives
+bit-identical numbers (and an exact resume); JAX on CPU compiles with XLA,
+deterministic on one device. On GPUs the
 compiled step is fast but not bit-identical run to run (atomics in reductions and
 convolution autotuning): compilation is never switched off for determinism's sake.
 """
@@ -70,7 +71,7 @@ def resolve_precision(setting: str) -> tuple[str, str]:
         return setting, "set in params.yaml"
     if _gpus():
         return GPU_PRECISION, f"auto: {len(_gpus())} GPU(s) visible"
-    return CPU_PRECISION, "auto: CPU only, where bfloat16 measured slower (see README)"
+    return CPU_PRECISION, "auto: CPU only, where bfloat16 measured slower (see docs/results.md)"
 
 
 def resolve_jit(setting: bool | str) -> tuple[bool, str]:
@@ -93,3 +94,20 @@ def _gpus() -> list:
     import keras
 
     return [d for d in keras.distribution.list_devices() if "gpu" in str(d).lower()]
+
+
+def machine() -> str:
+    """The accelerator or CPU this process computes on, by name."""
+    import os
+    import platform
+    from pathlib import Path
+
+    gpus = _gpus()
+    if gpus:
+        return ", ".join(str(d) for d in gpus)
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    wanted = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model or platform.processor()} x{os.cpu_count()} ({' '.join(wanted) or 'no AVX-512'})"

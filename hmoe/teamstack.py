@@ -3,7 +3,7 @@
     python -m hmoe.teamstack            # starts all three, prints the exports, Ctrl-C stops
 
 For trying team mode on one machine and for `tests/team`; a real team runs the same
-three services on a host (see README "Team setup"). Every process started here is
+three services on a host (see docs/team.md). Every process started here is
 stopped by PID, children first, also when the caller fails.
 
 Needs PostgreSQL's server binaries (Debian: `apt-get install postgresql`) and the

@@ -137,7 +137,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         reason = getattr(err, "reason", err)
         raise StageError(
             f"the MLflow tracking server {masked(uri)} does not answer ({reason}); start it "
-            "(see README, Team setup) or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
+            "(see docs/team.md) or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
         ) from None
 
 
@@ -308,3 +308,19 @@ def log_evaluation(best_control: str, y: np.ndarray, pred: np.ndarray, groups) -
     mlflow.set_tag("best_control", best_control)
     cm = confusion(y, pred, len(classes))
     mlflow.log_dict({"classes": classes, "matrix": cm.tolist()}, "confusion.json")
+
+
+def stage_wall_times(parent_id: str) -> dict[str, float]:
+    """Wall seconds of every finished stage run under the pipeline's parent run."""
+    client = MlflowClient()
+    parent = client.get_run(parent_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    return {
+        r.info.run_name: r.data.metrics["wall_s"]
+        for r in runs
+        if "wall_s" in r.data.metrics and r.info.status == "FINISHED"
+    }

@@ -65,7 +65,47 @@ def write_plots(y: np.ndarray, labels: dict, classes: list[str]) -> None:
     )
 
 
-def report(result: Evaluation, y: np.ndarray, groups) -> list[Path]:
+def histories(groups) -> dict[str, Path]:
+    """The epoch logs of the networks this run trained, one figure panel each."""
+    files = {"base": paths.stage_reports("train_base") / "history.csv"}
+    if paths.SECOND_BASE_MODEL.is_file():
+        files["second base"] = paths.stage_reports("train_second_base") / "history.csv"
+    files |= {f"specialist {g}": paths.specialist_history(g) for g in groups.names}
+    files["router"] = paths.stage_reports("train_router") / "history.csv"
+    return files
+
+
+def provenance(params, parent: str) -> dict[str, str]:
+    """Which run, code, params, data, machine and runtime the report comes from."""
+    import os
+
+    import keras
+
+    from hmoe import tracking
+
+    data = json.loads(paths.DATA_REPORT.read_text())
+    run = os.environ.get("DVC_EXP_NAME")
+    commit = tracking.git_commit()[:10]
+    changed = edge.changed_params(params)
+    walls = tracking.stage_wall_times(parent)
+    return {
+        "run": f"DVC experiment {run} (baseline {commit})" if run else f"commit {commit}",
+        "MLflow parent run": parent,
+        "params that differ from params.yaml at HEAD": ", ".join(
+            f"{k}={v}" for k, v in changed.items()
+        )
+        or "none",
+        "data": f"{data['source']} ({data['kind']}, {data['digest']})",
+        "split sizes": ", ".join(f"{k} {v:,}" for k, v in data["sizes"].items()),
+        "machine": runtime.machine(),
+        "backend, precision, compiled": f"{keras.backend.backend()}, "
+        f"{keras.mixed_precision.global_policy().name}, "
+        f"{runtime.resolve_jit(params.train.jit_compile)[0]}",
+        "stage wall times (s)": ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) or "n/a",
+    }
+
+
+def report(result: Evaluation, y: np.ndarray, groups, prov: dict[str, str]) -> list[Path]:
     record = json.loads(paths.GROUPS.read_text())
     return write_report(
         paths.REPORT,
@@ -77,10 +117,11 @@ def report(result: Evaluation, y: np.ndarray, groups) -> list[Path]:
         gate_ws=result.gate_weights,
         classes=list(groups.classes),
         group_names=groups.names,
-        histories=read_histories(paths.REPORTS),
+        histories=read_histories(histories(groups)),
         best_control=result.best_control,
         partition=groups.to_dict(),
         partition_source=record["source"],
+        provenance=prov,
     )
 
 
@@ -106,7 +147,7 @@ def main() -> None:
         metrics = result.metrics
         write_plots(y, result.labels, list(groups.classes))
         write_json(paths.METRICS, metrics)
-        report_files = report(result, y, groups)
+        report_files = report(result, y, groups, provenance(params, parent))
         tracking.log_metrics(metrics | time_inference(mix, x[:TIMED_IMAGES]))
         tracking.log_evaluation(result.best_control, y, result.labels["mixture"], groups)
         tracking.log_artifacts([paths.PER_CLASS])

@@ -87,7 +87,7 @@ def test_multiply_adds_counts_convolutions_and_dense_layers():
     outputs = keras.layers.Dense(10, use_bias=False)(x)
     model = keras.Model(inputs, outputs)
     assert multiply_adds(model) == 8 * 8 * 3 * 3 * 3 * 4 + 4 * 10
-    # the default network at width 64: about 54 M multiply-adds per image (README)
+    # the default network at width 64: about 54 M multiply-adds per image (recipe.build_classifier)
     from hmoe.params import load_params
     from tests.conftest import ROOT
 
