@@ -168,9 +168,14 @@ class Log:
             yield
 
     def metrics(self, values: Mapping[str, float]) -> None:
-        if self.mlflow is not None:
-            finite = {k: float(v) for k, v in values.items() if np.isfinite(float(v))}
+        """Log what is finite; a logging failure is a warning, never a lost sweep."""
+        if self.mlflow is None:
+            return
+        finite = {k: float(v) for k, v in values.items() if np.isfinite(float(v))}
+        try:
             self.mlflow.log_metrics(finite)
+        except Exception as err:  # the findings are written to the folder regardless
+            logger.warning("MLflow did not take the metrics (%s)", err)
 
 
 # -- the runner -----------------------------------------------------------------------
@@ -333,7 +338,8 @@ class Runner:
         row["val_base_accuracy"] = gates.summary["val_base_accuracy"]
         row["groups"] = yaml.safe_dump(groups.to_dict(), default_flow_style=True).strip()
         row |= {f"{s}_s": self.seconds.get(s, 0.0) for s in STEPS}
-        row |= {f"{n}_images_per_s": r for n, r in hooks.rates.items()}
+        # MLflow metric names allow no "@": specialist@natural -> specialist_natural
+        row |= {f"{n.replace('@', '_')}_images_per_s": r for n, r in hooks.rates.items()}
         used = [("base", k_base), ("specialists", k_specs), ("router", k_router)]
         gmacs, secs = np.sum([self.cost.get((s, *k), (0.0, 0.0)) for s, k in used], axis=0)
         row["cost_train_gmacs_mixture"], row["cost_train_s_mixture"] = gmacs, secs
