@@ -144,3 +144,21 @@ class StageHooks(Hooks):
         if job.init_from_base:
             inputs["base_md5"] = file_md5(paths.BASE_MODEL)
         return inputs
+
+
+def one_network(
+    stage: str,
+    params: Params,
+    job: str,
+    model_path: Path,
+    registered_name: str,
+    splits: Mapping[str, SplitFile],
+) -> StageHooks:
+    """The hooks of a stage that trains one network (``job``: its name in the step):
+    epoch log and metrics in the stage's reports folder.
+    """
+    reports = paths.stage_reports(stage)
+    out = NetworkOutput(
+        model_path, registered_name, reports / "history.csv", reports / "metrics.json"
+    )
+    return StageHooks(stage, params, {job: out}, splits)

@@ -11,13 +11,7 @@ STAGE = "train_base"
 def main() -> None:
     params = runtime.init(STAGE)
     splits = {name: edge.read_split(name) for name in ("train", "val")}
-    out = stage_hooks.NetworkOutput(
-        paths.BASE_MODEL,
-        modelset.BASE,
-        paths.stage_reports(STAGE) / "history.csv",
-        paths.stage_reports(STAGE) / "metrics.json",
-    )
-    hooks = stage_hooks.StageHooks(STAGE, params, {"base": out}, splits)
+    hooks = stage_hooks.one_network(STAGE, params, "base", paths.BASE_MODEL, modelset.BASE, splits)
     train_base(params, splits["train"].arrays, splits["val"].arrays, hooks=hooks)
 
 

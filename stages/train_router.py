@@ -16,13 +16,9 @@ def main() -> None:
     groups = edge.read_groups()
     base = stage_hooks.load_base(params.router.init_from_base)
     splits = {name: edge.read_split(name) for name in ("train", "val")}
-    out = stage_hooks.NetworkOutput(
-        paths.ROUTER_MODEL,
-        modelset.ROUTER,
-        paths.stage_reports(STAGE) / "history.csv",
-        paths.stage_reports(STAGE) / "metrics.json",
+    hooks = stage_hooks.one_network(
+        STAGE, params, "router", paths.ROUTER_MODEL, modelset.ROUTER, splits
     )
-    hooks = stage_hooks.StageHooks(STAGE, params, {"router": out}, splits)
     train_router(
         params, groups, splits["train"].arrays, splits["val"].arrays, base=base, hooks=hooks
     )

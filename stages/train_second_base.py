@@ -30,13 +30,9 @@ def main() -> None:
         logger.info("second base not asked for (controls.second_base: false)")
         return
     splits = {name: edge.read_split(name) for name in ("train", "val")}
-    out = stage_hooks.NetworkOutput(
-        paths.SECOND_BASE_MODEL,
-        modelset.SECOND_BASE,
-        reports / "history.csv",
-        reports / "metrics.json",
+    hooks = stage_hooks.one_network(
+        STAGE, params, "second_base", paths.SECOND_BASE_MODEL, modelset.SECOND_BASE, splits
     )
-    hooks = stage_hooks.StageHooks(STAGE, params, {"second_base": out}, splits)
     train_base(params, splits["train"].arrays, splits["val"].arrays, hooks=hooks, second=True)
 
 
