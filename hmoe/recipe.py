@@ -440,8 +440,8 @@ class _Lookahead:
     average is optimizer state, so ``BackupAndRestore`` resumes it exactly.
 
     Unlike airbench, BatchNorm's running statistics are not averaged (an optimizer sees
-    trainable variables only); with ``net.bn_momentum`` 0.4 they follow the averaged
-    weights within a step or two.
+    trainable variables only): :class:`RecalibrateBatchNorm` re-estimates them for the
+    averaged weights before each validation.
     """
 
     def __init__(
@@ -517,6 +517,30 @@ class LookaheadAdamW(_Lookahead, keras.optimizers.AdamW):
     """AdamW with lookahead averaging in its update (see :class:`_Lookahead`)."""
 
 
+class RecalibrateBatchNorm(keras.callbacks.Callback):
+    """Before each validation, once the lookahead averaging has started: BatchNorm's
+    running statistics re-estimated for the averaged weights, from a few training
+    batches run forward in training mode (no weight changes).
+
+    Why: airbench averages the running statistics with the weights; an optimizer sees
+    trainable variables only (and on JAX nothing else), so the statistics are brought
+    in line with the averaged weights instead, as SWA's ``bn_update`` does. With
+    ``net.bn_momentum`` 0.4 a handful of batches replace them; at an epoch's end the
+    cost is that of ``batches`` forward passes. An epoch-level hook: no per-step sync.
+    """
+
+    def __init__(self, data: keras.utils.PyDataset, batches: int = 4):
+        super().__init__()
+        self.data, self.batches = data, batches
+
+    def on_test_begin(self, logs=None):
+        started = getattr(self.model.optimizer, "_started", None)
+        if started is None or float(ops.convert_to_numpy(started)) <= 0:
+            return
+        for i in range(min(self.batches, len(self.data))):
+            self.model(self.data[i][0], training=True)
+
+
 class StopOnNaN(keras.callbacks.Callback):
     """Stop when an epoch's loss is not finite (an epoch-level check: a batch-level
     callback would force a device sync after every step).
@@ -572,6 +596,8 @@ def fit_classifier(
         EpochSeeds(seed, batches),
         BestKeeper("val_accuracy", cfg.patience, state_dir),
     ]
+    if cfg.lookahead:
+        extra.insert(2, RecalibrateBatchNorm(batches))
     if verbose == "auto":
         import sys
 

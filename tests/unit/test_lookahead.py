@@ -49,3 +49,28 @@ def test_lookahead_optimizer_round_trips_through_its_config():
     again = LookaheadSGD.from_config(opt.get_config())
     assert (again.total_steps, again.start_step, again.every) == (790, 158, 5)
     assert again.nesterov and again.momentum == pytest.approx(0.85)
+
+
+def test_batchnorm_statistics_are_recalibrated_once_averaging_has_started():
+    from hmoe.recipe import RecalibrateBatchNorm
+    from hmoe.resume import EpochBatches
+
+    inputs = keras.Input((4,))
+    outputs = keras.layers.BatchNormalization(momentum=0.4, name="bn")(inputs * 3.0 + 5.0)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=LookaheadSGD(0.1, total_steps=10, start_step=0), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    data = EpochBatches(x, np.zeros(64, dtype=int), 16, 2, seed=0)
+    callback = RecalibrateBatchNorm(data, batches=4)
+    callback.set_model(model)
+    bn = model.get_layer("bn")
+    callback.on_test_begin()  # averaging not started: statistics untouched
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), 0.0)
+    model.optimizer._started.assign(1.0)
+    callback.on_test_begin()  # four training-mode batches at momentum 0.4
+    expected = np.zeros(4)
+    for i in range(4):
+        expected = 0.4 * expected + 0.6 * (data[i][0] * 3.0 + 5.0).mean(axis=0)
+    moving = keras.ops.convert_to_numpy(bn.moving_mean)
+    np.testing.assert_allclose(moving, expected, rtol=1e-4)
