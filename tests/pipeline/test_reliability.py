@@ -54,7 +54,13 @@ def test_parallel_queue_on_a_fresh_default_store_gives_identical_runs(repo):
     assert not (root / "mlflow.db").exists()  # both runs race to create the store
     for name in ("twin-a", "twin-b"):
         _run(["dvc", "exp", "run", "--queue", "-n", name, "train_base"], root, env)
-    _run(["dvc", "queue", "start", "-j", "2"], root, env)
+    # The workers are daemons: they must not inherit a pipe that the test waits on (a
+    # worker that lingers after the queue drains would hold `subprocess.run` open).
+    with (root.parent / "queue-start.log").open("w") as log:
+        subprocess.run(
+            ["dvc", "queue", "start", "-j", "2"], cwd=root, env=env, stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300, check=True,
+        )  # fmt: skip
     status = _wait_queue(root, env)
     assert status.count("Success") == 2, status
     rows = list(csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], root, env))))
