@@ -104,7 +104,7 @@ class StageHooks(Hooks):
             ]
             self._backup, self._resumed_at, self._start = backup, resumed_at, time.perf_counter()
             try:
-                yield Fit(callbacks, backup / "state", resumed_at)
+                yield Fit(callbacks, backup / "state")
             except TrainingDiverged as err:
                 shutil.rmtree(backup, ignore_errors=True)  # never resume from NaN weights
                 raise StageError(str(err)) from None

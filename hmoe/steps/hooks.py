@@ -34,7 +34,6 @@ class Fit:
 
     callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
     state_dir: Path | None = None  # resume state (hmoe.resume), None: not resumable
-    resumed_at: int = 0  # epochs an earlier, killed attempt completed
 
 
 class Hooks:
