@@ -67,12 +67,19 @@ class NetParams:
 
 @dataclass(frozen=True)
 class SpecialistParams(NetParams):
-    """A specialist's recipe: a network's, plus its own width and dustbin share."""
+    """A specialist's recipe: a network's, plus its width, other-images share and
+    distillation (the levers of Hinton et al. 2015).
+    """
 
     width: int | None  # null: net.width (required when init_from_base)
-    # Hinton et al. 2015: also train on this share (x the group's images) of other
-    # groups' images, labelled with one extra "dustbin" output. 0: no dustbin.
+    # Also train on this share (x the group's images) of other groups' images,
+    # labelled with one extra "dustbin" output. 0: no dustbin.
     dustbin: float
+    # From scratch, train with `base`'s recipe (epochs, optimizer, schedule, ...) or
+    # this section's own (the fine-tuning recipe when init_from_base).
+    scratch_recipe: str
+    distill: float  # share of the base's soft targets in every training target; 0: off
+    temperature: float  # softens the base's targets: p ** (1 / T), renormalised
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,7 @@ TTA_LEVELS = (0, 1, 2)
 DISTRIBUTE = ("auto", "none", "mirrored")  # train.distribute, see hmoe.distribute
 GATE_INPUTS = ("probs", "features", "both")
 GATE_FIT = ("gate", "train")
+SCRATCH_RECIPES = ("base", "own")  # specialists.scratch_recipe
 _SECTIONS = {
     "data": DataParams,
     "grouping": GroupingParams,
@@ -299,6 +307,11 @@ def _check_mixture_options(p: Params) -> None:
         )
     if not 0 <= spec.dustbin <= 1:
         raise ParamsError("`specialists.dustbin` must be in [0, 1] (0: no dustbin output)")
+    _one_of(spec.scratch_recipe, SCRATCH_RECIPES, "specialists.scratch_recipe")
+    if not 0 <= spec.distill <= 1:
+        raise ParamsError("`specialists.distill` must be in [0, 1] (0: hard labels only)")
+    if spec.temperature <= 0:
+        raise ParamsError("`specialists.temperature` must be > 0")
     _one_of(p.gates.inputs, GATE_INPUTS, "gates.inputs")
     _one_of(p.gates.fit_on, GATE_FIT, "gates.fit_on")
 

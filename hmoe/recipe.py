@@ -568,7 +568,7 @@ def fit_classifier(
     steps_per_execution: int = 1,
     verbose: int | str = "auto",
 ) -> keras.callbacks.History:
-    """Train ``model`` on integer labels; keep the weights of the best val epoch.
+    """Train ``model`` on integer labels (or target rows); keep the best val epoch's weights.
 
     Every batch has ``cfg.batch_size`` images (the remainder of an epoch's shuffled
     order is left for a later epoch), so a compiled step is traced once. Batch order

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 class EpochBatches(keras.utils.PyDataset):
     """Training batches (images, one-hot labels) in an order set by (seed, epoch) alone.
 
+    ``y`` holds integer labels, or (N, n_classes) target distributions (distillation).
+
     :class:`EpochSeeds` tells it the epoch before each epoch starts, so a run resumed
     at epoch k draws epoch k's batches, not epoch 0's.
     """
@@ -52,7 +54,8 @@ class EpochBatches(keras.utils.PyDataset):
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-        return self.x[idx], keras.utils.to_categorical(self.y[idx], self.n_classes)
+        y = self.y[idx]
+        return self.x[idx], y if y.ndim == 2 else keras.utils.to_categorical(y, self.n_classes)
 
 
 class EpochSeeds(keras.callbacks.Callback):

@@ -12,17 +12,20 @@ convolution autotuning): compilation is never switched off for determinism's sak
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from hmoe import edge, paths
 from hmoe.params import Params
 
 logger = logging.getLogger("hmoe")
 
-# Measured with bench/cpu_figures.py (training images/s, fp32 vs mixed_bfloat16): on the
-# 2-core AMD EPYC (Zen 4, AVX-512 bf16, no AMX) 401 vs 299 for the default network; on
-# the 2-core Intel Xeon with AMX 993 vs 621 for the previous one. bf16 pays on GPUs.
-CPU_PRECISION = "float32"
+# `train.precision: auto`. On GPUs bfloat16 pays. On CPUs it pays where the CPU has bf16
+# arithmetic: on the 2-core AMD EPYC (Zen 4, avx512_bf16, no AMX) the default network
+# trained 1.27x faster per CPU-second in mixed_bfloat16 than in float32 under TensorFlow
+# (bench/train_speed.py, docs/results.md) with the same accuracy. Without those
+# instructions bfloat16 is emulated and slower. JAX's CPU backend stays in float32.
 GPU_PRECISION = "mixed_bfloat16"
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 JAX_CACHE = ".cache/jax"  # JAX's persistent compilation cache, under the repository root
 
 
@@ -67,11 +70,37 @@ def setup(params: Params) -> tuple[str, str, bool, str]:
 
 def resolve_precision(setting: str) -> tuple[str, str]:
     """The Keras dtype policy for ``train.precision`` and why it was chosen."""
+    import keras
+
+    return auto_precision(setting, keras.backend.backend(), len(_gpus()), cpu_flags())
+
+
+def auto_precision(
+    setting: str, backend: str, n_gpus: int, flags: Sequence[str]
+) -> tuple[str, str]:
+    """``train.precision`` resolved for this machine (pure, so every branch is tested):
+    an explicit policy wins; auto is bfloat16 on GPUs and on TensorFlow CPUs with bf16
+    instructions, float32 elsewhere.
+    """
     if setting != "auto":
         return setting, "set in params.yaml"
-    if _gpus():
-        return GPU_PRECISION, f"auto: {len(_gpus())} GPU(s) visible"
-    return CPU_PRECISION, "auto: CPU only, where bfloat16 measured slower (see docs/results.md)"
+    if n_gpus:
+        return GPU_PRECISION, f"auto: {n_gpus} GPU(s) visible"
+    native = [f for f in CPU_BF16_FLAGS if f in flags]
+    if backend == "tensorflow" and native:
+        return "mixed_bfloat16", f"auto: the CPU has {'+'.join(native)} (bf16 measured faster)"
+    if backend != "tensorflow":
+        return "float32", f"auto: {backend} on a CPU runs float32"
+    return "float32", "auto: the CPU has no bf16 instructions (avx512_bf16, amx_bf16)"
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    return next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
 
 
 def resolve_jit(setting: bool | str) -> tuple[bool, str]:
@@ -108,6 +137,6 @@ def machine() -> str:
     info = Path("/proc/cpuinfo")
     lines = info.read_text().splitlines() if info.exists() else []
     model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
-    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    flags = cpu_flags()
     wanted = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return f"{model or platform.processor()} x{os.cpu_count()} ({' '.join(wanted) or 'no AVX-512'})"

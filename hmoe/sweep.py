@@ -287,7 +287,9 @@ class Runner:
             "groups", k_groups, p.seed, lambda: learn_groups(p, base.model, val)
         )
         init = lambda cfg: k_base if cfg.init_from_base else (p.seed, p.data, p.net, p.train)  # noqa: E731
-        k_specs = (*init(p.specialists), groups, p.specialists)
+        # The effective recipe (from scratch: the base's); distilled: the base's targets.
+        spec = experts.specialist_recipe(p)
+        k_specs = (*(k_base if spec.distill > 0 else init(spec)), groups, spec)
         k_router = (*init(p.router), groups, p.router)
         specs = self.cached(
             "specialists",
@@ -395,6 +397,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, track: bool = True) -> pd.DataFrame
                 logger.info("%s seed %d: already in %s", name, p.seed, csv)
                 continue
             t0 = time.perf_counter()
+            runtime.setup(p)  # this configuration's precision and compilation
             flat = _flat(overrides) | {"seed": p.seed}
             with runner.log.parent(name, p.seed, flat):
                 row = {"config": name, "seed": p.seed, **runner.run(p)}

@@ -31,7 +31,8 @@ def main() -> None:
     hooks = stage_hooks.StageHooks(STAGE, params, outputs, splits)
     summaries = {}
     for g in groups.names:
-        base = stage_hooks.load_base(params.specialists.init_from_base)
+        spec = params.specialists
+        base = stage_hooks.load_base(spec.init_from_base or spec.distill > 0)
         trained = train_specialist(
             params,
             groups,

@@ -7,6 +7,7 @@ step); the second base reseeds with its own seed, as its own network.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import keras
 import numpy as np
 
 from hmoe.groups import Groups
-from hmoe.params import NetParams, Params
+from hmoe.params import NetParams, Params, SpecialistParams
 from hmoe.recipe import (
     TrainingDiverged,
     build_network,
@@ -32,6 +33,9 @@ Split = tuple[np.ndarray, np.ndarray]
 # The second base's seed is seed + this: far from the seeds of a seed sweep, whose
 # bases it must not repeat.
 SECOND_BASE_SEED_OFFSET = 1000
+# Specialist i's seed is seed + this + i: its own initialisation, batch order and
+# augmentation, not the base's (diversity is what a specialist adds).
+SPECIALIST_SEED_OFFSET = 2000
 # The params section of each network's recipe, named in error messages.
 SECTIONS = {"base": "base", "second_base": "base", "router": "router", "specialist": "specialists"}
 
@@ -84,21 +88,71 @@ def train_specialist(
     base: keras.Model | None = None,
     hooks: Hooks = NO_HOOKS,
 ) -> Trained:
-    """The specialist of ``group``: its classes' images (plus the dustbin's share)."""
-    cfg = params.specialists
+    """The specialist of ``group``: its classes' images (plus the dustbin's share),
+    with hard labels or, when ``specialists.distill`` > 0, targets that mix in the
+    base's softened predictions. Seeded with its own seed (see
+    :data:`SPECIALIST_SEED_OFFSET`), so it does not depend on the order of training.
+    """
+    cfg = specialist_recipe(params)
+    if cfg.distill > 0 and base is None:
+        raise ValueError(f"specialist@{group}: specialists.distill needs the trained base")
+    seed = params.seed + SPECIALIST_SEED_OFFSET + groups.names.index(group)
+    keras.utils.set_random_seed(seed)
     ids = groups.class_ids(group)
-    subset = {"dustbin": cfg.dustbin, "seed": params.seed}
+    subset = {"dustbin": cfg.dustbin, "seed": seed}
+    x, y = specialist_subset(*train, ids, **subset)
+    n_outputs = specialist_outputs(ids, cfg.dustbin)
+    if cfg.distill > 0:
+        soft = collapse(soften(base.predict(x, batch_size=1024, verbose=0), cfg.temperature), ids)
+        y = distill_targets(y, soft[:, :n_outputs], cfg.distill)
     return _train(
         params,
         cfg,
         f"specialist@{group}",
-        specialist_outputs(ids, cfg.dustbin),
-        specialist_subset(*train, ids, **subset),
+        n_outputs,
+        (x, y),
         specialist_subset(*val, ids, **subset),
-        seed=params.seed,
+        seed=seed,
         hooks=hooks,
         base=base,
     )
+
+
+def specialist_recipe(params: Params) -> SpecialistParams:
+    """The specialists' effective recipe: from scratch with ``scratch_recipe: base``
+    they train like the base (its epochs, learning rate, averaging): the
+    fine-tuning recipe is far too short for a network starting from nothing.
+    """
+    spec = params.specialists
+    if spec.init_from_base or spec.scratch_recipe == "own":
+        return spec
+    shared = {f.name: getattr(params.base, f.name) for f in dataclasses.fields(NetParams)}
+    return dataclasses.replace(spec, **shared)
+
+
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``probs ** (1 / T)`` renormalised: the softmax of the logits divided by T."""
+    logp = np.log(np.maximum(probs.astype(np.float64), 1e-12)) / temperature
+    logp -= logp.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def collapse(probs: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
+    """(N, n_classes) -> (N, k + 1): the group's classes, then every other class's
+    probability summed (the dustbin's share).
+    """
+    mine = probs[:, list(class_ids)]
+    return np.concatenate([mine, 1.0 - mine.sum(axis=1, keepdims=True).clip(max=1.0)], axis=1)
+
+
+def distill_targets(labels: np.ndarray, soft: np.ndarray, share: float) -> np.ndarray:
+    """(1 - share) x one-hot(labels) + share x ``soft`` (renormalised over its columns):
+    a distribution per row over the specialist's outputs.
+    """
+    soft = soft / np.maximum(soft.sum(axis=1, keepdims=True), 1e-12)
+    hard = np.eye(soft.shape[1], dtype=np.float32)[labels]
+    return ((1.0 - share) * hard + share * soft).astype(np.float32)
 
 
 def train_router(

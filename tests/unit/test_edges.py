@@ -29,7 +29,10 @@ def test_stage_params_are_exactly_the_declared_ones(monkeypatch, params):
     assert got["specialists.epochs"] == params.specialists.epochs
     assert got["specialists.dustbin"] == params.specialists.dustbin
     assert got["net.width"] == params.net.width
-    assert not any(k.startswith(("base.", "gates.", "mlflow.", "groups.")) for k in got)
+    assert got["base.epochs"] == params.base.epochs  # specialists.scratch_recipe: base
+    assert not any(k.startswith(("gates.", "mlflow.", "groups.", "router.")) for k in got)
+    router = edge.stage_params("train_router", params)
+    assert not any(k.startswith(("base.", "specialists.", "gates.")) for k in router)
     assert "groups.natural" in edge.stage_params("groups", params)
     assert edge.stage_params("evaluate", params)["gates.inputs"] == params.gates.inputs
     assert set(edge.stage_params("prepare", params)) == {
@@ -49,9 +52,31 @@ def test_backup_key_changes_with_params_and_stage():
     assert "@" not in edge.backup_key("train_specialists@natural", {})
 
 
-def test_resolve_precision_auto_is_float32_on_cpu_and_explicit_wins():
-    assert runtime.resolve_precision("auto")[0] == "float32"  # the test machines have no GPU
-    assert runtime.resolve_precision("mixed_bfloat16") == ("mixed_bfloat16", "set in params.yaml")
+@pytest.mark.parametrize(
+    ("backend", "gpus", "flags", "policy"),
+    [
+        ("tensorflow", 0, ["avx2", "avx512f", "avx512_bf16"], "mixed_bfloat16"),  # Zen 4
+        ("tensorflow", 0, ["avx512f", "avx512_bf16", "amx_bf16"], "mixed_bfloat16"),
+        ("tensorflow", 0, ["avx2", "avx512f"], "float32"),  # bf16 would be emulated
+        ("jax", 0, ["avx512_bf16"], "float32"),
+        ("jax", 1, [], "mixed_bfloat16"),
+        ("tensorflow", 2, [], "mixed_bfloat16"),
+    ],
+)
+def test_auto_precision_follows_the_hardware_and_says_why(backend, gpus, flags, policy):
+    got, why = runtime.auto_precision("auto", backend, gpus, flags)
+    assert got == policy
+    assert why.startswith("auto: ")
+    assert runtime.auto_precision("float32", backend, gpus, flags) == (
+        "float32",
+        "set in params.yaml",
+    )
+
+
+def test_resolve_precision_reads_this_machine():
+    policy, why = runtime.resolve_precision("auto")
+    bf16 = any(f in runtime.cpu_flags() for f in runtime.CPU_BF16_FLAGS)
+    assert policy == ("mixed_bfloat16" if bf16 else "float32"), why  # no GPU in the tests
 
 
 def test_save_model_is_atomic(tmp_path):
