@@ -174,27 +174,54 @@ class Mixture:
         self.tta = tta
         self.n_classes = len(groups.classes)
         self.gate_input = gate_input
-        self._base_and_features = None  # built on first use: base probs + trunk features
+        self._fronts: dict = {}  # built on first use: base (+ router head) (+ features)
+        self._shared_head: list | None = None  # the router's head on the base trunk, if so
 
     def predict_network(self, model, x: np.ndarray) -> np.ndarray:
         """Any network's distribution with the mixture's test-time views."""
         return self._predict(model, x)
 
-    def _base_outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Base probabilities and, when the gates see them, its pooled trunk features
-        (one pass, both averaged over the TTA views).
+    def _front(
+        self, x: np.ndarray, *, with_router: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(base probabilities, router network's output, trunk features or None), with
+        every output the caller needs taken from one pass over the views.
+
+        A router that is a head on the base's frozen trunk (the default) shares that
+        trunk: it is run once for both, which spares a whole network's forward
+        passes in evaluation and gate training. Same weights, same outputs.
         """
-        if not self.gate_input.needs_features:
-            return self._predict(self.base, x), None
-        if self._base_and_features is None:
-            import keras
+        import keras
 
-            from hmoe.recipe import TRUNK_OUTPUT
+        from hmoe.recipe import TRUNK_OUTPUT
 
+        shared = with_router and self._router_head() is not None
+        want_features = self.gate_input.needs_features
+        if not (shared or want_features):
+            router = self._predict(self.router, x) if with_router else None
+            return self._predict(self.base, x), router, None
+        key = (shared, want_features)
+        if key not in self._fronts:
             trunk = self.base.get_layer(TRUNK_OUTPUT).output
-            self._base_and_features = keras.Model(self.base.inputs, [self.base.output, trunk])
-        probs, feats = self._views_mean(self._base_and_features, x)
-        return probs, feats
+            outs = [self.base.output]
+            if shared:
+                outs.append(self._router_head()(trunk))
+            if want_features:
+                outs.append(trunk)
+            self._fronts[key] = keras.Model(self.base.inputs, outs)
+        got = self._views_mean(self._fronts[key], x)
+        base = got.pop(0)
+        router = got.pop(0) if shared else (self._predict(self.router, x) if with_router else None)
+        return base, router, got.pop(0) if want_features else None
+
+    def _router_head(self):
+        """The router's head (features -> group probabilities) as a model, when the
+        router is the base's trunk plus a head (every other layer holds the base's
+        weights), else None.
+        """
+        if self._shared_head is None:
+            self._shared_head = _shared_head(self.router, self.base) or []
+        return self._shared_head or None
 
     def _predict(self, model, x: np.ndarray) -> np.ndarray:
         """A network's distribution, averaged over the TTA views of images (gates: none)."""
@@ -219,8 +246,7 @@ class Mixture:
 
     def outputs(self, x: np.ndarray) -> Outputs:
         """Run every network on every image (dense): for evaluation and gate training."""
-        base, features = self._base_outputs(x)
-        router = self._predict(self.router, x)
+        base, router, features = self._front(x)
         return Outputs(
             router=self._route(router, base), base=base, specs=self._specs(x),
             features=features, router_net=router,
@@ -258,8 +284,8 @@ class Mixture:
             route = np.argmax(out.router, axis=1)
             spec_w = np.stack([w[:, 1] for w in weights], axis=1)[np.arange(len(x)), route]
             return Prediction(probs, route, out.router[np.arange(len(x)), route], spec_w)
-        base, features = self._base_outputs(x)
-        router = self._route(self._predict(self.router, x), base)
+        base, router, features = self._front(x)
+        router = self._route(router, base)
         route = np.argmax(router, axis=1)
         probs = np.zeros_like(base)
         spec_w = np.zeros(len(x), dtype=np.float32)
@@ -276,6 +302,37 @@ class Mixture:
 
     def _specs(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         return tuple(self._spec(g, x) for g in range(len(self.specialists)))
+
+
+def _shared_head(router, base):
+    """The router's head as a model if its trunk is the base's (same layers, equal
+    weights), else None.
+    """
+    import keras
+
+    from hmoe.recipe import HEAD_LAYERS, TRUNK_OUTPUT
+
+    if not hasattr(router, "get_layer") or not hasattr(base, "get_layer"):
+        return None
+    base_layers = {layer.name: layer for layer in base.layers}
+    for layer in router.layers:
+        if layer.name in HEAD_LAYERS or not layer.weights:
+            continue
+        twin = base_layers.get(layer.name)
+        if twin is None or len(twin.weights) != len(layer.weights):
+            return None
+        for a, b in zip(layer.weights, twin.weights, strict=True):
+            if "seed_generator" in a.path:  # augmentation's random state: off in inference
+                continue
+            if a.shape != b.shape or not np.array_equal(np.asarray(a), np.asarray(b)):
+                return None
+    names = [layer.name for layer in router.layers]
+    if [n for n in names if n in HEAD_LAYERS] != list(HEAD_LAYERS) or names[-3:] != list(
+        HEAD_LAYERS
+    ):
+        return None
+    features = router.get_layer(TRUNK_OUTPUT).output
+    return keras.Model(features, router.output, name="router_head")
 
 
 def _rows(a: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.support.tiers import has_module, need
-from tests.support.tinyrepo import base_env, make_repo, predict_in_fresh_process
+from tests.support.tinyrepo import base_env, make_repo, served_champion
 from tests.support.tinyrepo import run as _run
 
 pytestmark = pytest.mark.pipeline
@@ -49,15 +49,5 @@ def test_every_stage_runs_compiled_on_jax_and_is_tracked(repo):
 
 def test_the_served_pyfunc_scores_what_evaluate_reports_on_jax(repo):
     root, env, _ = repo
-    res = predict_in_fresh_process(
-        f"sqlite:///{root / 'mlflow.db'}",
-        "models:/hmoe-mixture@champion",
-        root / "data/prepared/test.npz",
-        root.parent,
-        env,
-    )
-    classes = res["columns"][:10]
-    labels = [classes.index(r["label"]) for r in res["records"]]
-    served = sum(p == t for p, t in zip(labels, res["y"], strict=True)) / len(labels)
-    metrics = json.loads((root / "reports/metrics.json").read_text())
-    assert served == pytest.approx(metrics["mixture_accuracy"])
+    _, served, reported = served_champion(root, env)
+    assert served == pytest.approx(reported)

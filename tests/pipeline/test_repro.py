@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from hmoe import tracking
 from hmoe.data.constants import CIFAR10_CLASSES as CLASSES
 from hmoe.data.storage import file_md5
-from tests.support.tinyrepo import base_env, make_repo, predict_in_fresh_process
+from tests.support.tinyrepo import base_env, make_repo, served_champion
 from tests.support.tinyrepo import run as _run
 
 pytestmark = pytest.mark.pipeline
@@ -141,13 +141,7 @@ def test_every_network_is_registered_and_tagged(repo, client):
 
 def test_pyfunc_in_a_fresh_process_scores_what_evaluate_reports(repo):
     root, env, _ = repo
-    res = predict_in_fresh_process(
-        f"sqlite:///{root / 'mlflow.db'}",
-        "models:/hmoe-mixture@champion",
-        root / "data/prepared/test.npz",
-        root.parent,
-        env,
-    )
+    res, served, reported = served_champion(root, env)
     classes = res["columns"][:10]
     assert classes[0] == "airplane" and len(classes) == 10
     assert res["columns"][10:] == ["label", "group", "group_probability", "specialist_weight"]
@@ -156,10 +150,7 @@ def test_pyfunc_in_a_fresh_process_scores_what_evaluate_reports(repo):
         assert row["label"] == max(classes, key=row.get)
         assert row["group"] in ("artificial", "natural")
         assert 0 <= row["specialist_weight"] <= 1 and 0 < row["group_probability"] <= 1
-    labels = [classes.index(r["label"]) for r in res["records"]]
-    served = sum(p == t for p, t in zip(labels, res["y"], strict=True)) / len(labels)
-    metrics = json.loads((root / "reports/metrics.json").read_text())
-    assert served == pytest.approx(metrics["mixture_accuracy"])  # same TTA, same routing
+    assert served == pytest.approx(reported)  # same TTA, same routing
 
 
 def test_cli_predicts_image_files(repo, tmp_path):

@@ -99,3 +99,24 @@ def predict_in_fresh_process(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def served_champion(root: Path, env: dict) -> tuple[dict, float, float]:
+    """The champion pyfunc's predictions on the repo's test split in a fresh process,
+    its accuracy, and the mixture accuracy `evaluate` reported: they must agree (same
+    TTA, same routing).
+    """
+    import json
+
+    res = predict_in_fresh_process(
+        f"sqlite:///{root / 'mlflow.db'}",
+        "models:/hmoe-mixture@champion",
+        root / "data/prepared/test.npz",
+        root.parent,
+        env,
+    )
+    classes = res["columns"][:10]
+    labels = [classes.index(r["label"]) for r in res["records"]]
+    served = sum(p == t for p, t in zip(labels, res["y"], strict=True)) / len(labels)
+    reported = json.loads((root / "reports/metrics.json").read_text())["mixture_accuracy"]
+    return res, served, reported

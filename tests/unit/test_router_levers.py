@@ -3,14 +3,16 @@ the routing metrics and the multiply-add costs (tiny networks, pure maths)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
 
-from hmoe.gates import build_gate
+from hmoe.gates import GateInput, build_gate
 from hmoe.mixture import Mixture, fuse_routes, group_marginal
 from hmoe.params import ParamsError, parse_params
-from hmoe.recipe import build_classifier, fit_whitening, multiply_adds
+from hmoe.recipe import build_classifier, build_network, fit_whitening, multiply_adds
 from hmoe.steps.evaluate import evaluate
 from tests.unit.test_recipe import ARCH, GROUPS
 
@@ -93,3 +95,33 @@ def test_multiply_adds_counts_convolutions_and_dense_layers():
 
     full = build_classifier(10, load_params(ROOT / "params.yaml").net)
     assert 40e6 < multiply_adds(full) < 70e6
+
+
+@pytest.mark.parametrize("inputs", ["probs", "both"])
+def test_a_router_head_on_the_frozen_base_trunk_shares_its_pass(raw_params, inputs):
+    """The default router is the base's trunk plus a head: the mixture runs that trunk
+    once for both, with the outputs of running them apart.
+    """
+    p = parse_params(raw_params)
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    arch = dataclasses.replace(p.net, width=4)
+    base = build_network(10, arch, p.base, seed=0, name="base", whitening_images=images)
+    head = build_network(2, arch, p.router, seed=1, name="router", init=base)
+    apart = build_network(2, arch, p.router, seed=1, name="router", init=base)
+    changed = next(layer for layer in apart.layers if layer.get_weights())
+    changed.set_weights([w + 1e-3 for w in changed.get_weights()])  # any difference: apart
+    specs = {"a": _net(4), "b": _net(6)}
+    gate_in = GateInput(inputs).size(10, base.get_layer("features").output.shape[-1])
+    gates = {"a": build_gate(gate_in, hidden=4), "b": build_gate(gate_in, hidden=4)}
+    kw = {"specialists": specs, "gates": gates, "groups": GROUPS, "tta": 2}
+    kw["gate_input"] = GateInput(inputs)
+    shared = Mixture(router=head, base=base, **kw)
+    out = shared.outputs(images)
+    assert shared._router_head() is not None
+    assert Mixture(router=apart, base=base, **kw)._router_head() is None
+    np.testing.assert_allclose(out.router_net, shared.predict_network(head, images), atol=1e-6)
+    np.testing.assert_allclose(out.base, shared.predict_network(base, images), atol=1e-6)
+    np.testing.assert_allclose(out.router.sum(axis=1), 1.0, atol=1e-5)
+    routed = shared.predict_details(images).probs
+    np.testing.assert_allclose(routed, shared.predict_dense(images), atol=1e-5)
