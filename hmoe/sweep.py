@@ -54,6 +54,8 @@ ACCURACIES = (
     "val_mixture_accuracy",
     "base_accuracy",
     "val_base_accuracy",
+    "val_hard_accuracy",
+    "val_soft_accuracy",
     "hard_accuracy",
     "soft_accuracy",
     "oracle_accuracy",
@@ -338,6 +340,8 @@ class Runner:
         row["best_control"] = result.best_control
         row["val_mixture_accuracy"] = gates.summary["val_accuracy"]
         row["val_base_accuracy"] = gates.summary["val_base_accuracy"]
+        row["val_hard_accuracy"] = gates.summary["val_hard_accuracy"]
+        row["val_soft_accuracy"] = gates.summary["val_soft_accuracy"]
         row["groups"] = yaml.safe_dump(groups.to_dict(), default_flow_style=True).strip()
         row |= {f"{s}_s": self.seconds.get(s, 0.0) for s in STEPS}
         # MLflow metric names allow no "@": specialist@natural -> specialist_natural

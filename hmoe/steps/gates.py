@@ -21,7 +21,7 @@ from hmoe.gates import GateInput, build_gate, fit_gates
 from hmoe.groups import Groups
 from hmoe.metrics import accuracy
 from hmoe.mixture import Mixture, Outputs, combine, route_weights
-from hmoe.params import Params
+from hmoe.params import ROUTINGS, Params
 from hmoe.recipe import summarise_history
 
 logger = logging.getLogger(__name__)
@@ -98,10 +98,10 @@ def train_gates(
         np.asarray(g.predict(out_val.for_gate(i, seen), verbose=0)) for i, g in enumerate(gates)
     ]
     summary = summarise_history(history.history, monitor="val_loss", mode="min")
-    summary["val_accuracy"] = accuracy(
-        combine(route_weights(out_val.router, routing), weights, out_val.base, out_val.specs),
-        val[1],
-    )
+    for r in ROUTINGS:  # both routings with these gates: the evidence for the default
+        probs = combine(route_weights(out_val.router, r), weights, out_val.base, out_val.specs)
+        summary[f"val_{r}_accuracy"] = accuracy(probs, val[1])
+    summary["val_accuracy"] = summary[f"val_{routing}_accuracy"]
     summary["val_base_accuracy"] = accuracy(out_val.base, val[1])
     logger.info(
         "gates: val mixture accuracy %.4f (base %.4f)",

@@ -117,4 +117,6 @@ def test_gates_learn_to_trust_a_perfect_specialist_over_a_random_base(params):
         weights = np.asarray(gate.predict(out.for_gate(g, GateInput("probs")), verbose=0))
         assert weights[:, 1].mean() > 0.9, groups.names[g]
     assert trained.summary["val_accuracy"] > 0.95
+    assert trained.summary["val_accuracy"] == trained.summary[f"val_{p.mixture.routing}_accuracy"]
+    assert 0 <= trained.summary["val_soft_accuracy"] <= 1  # both routings, for the default
     assert accuracy(out.base, y) < 0.3  # the base really is useless here

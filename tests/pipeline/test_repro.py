@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from hmoe import tracking
+from hmoe import runtime, tracking
 from hmoe.data.constants import CIFAR10_CLASSES as CLASSES
 from hmoe.data.storage import file_md5
 from tests.support.tinyrepo import base_env, make_repo, served_champion
@@ -114,7 +114,7 @@ def test_one_parent_with_a_child_per_stage(repo, client):
         assert len(child.data.tags["git_commit"]) == 40
     base = next(r for r in children if r.info.run_name == "train_base")
     assert base.data.params["net.width"] == "4"
-    assert base.data.params["precision_used"] == "float32"
+    assert base.data.params["precision_used"] == runtime.resolve_precision("auto")[0]
     inputs = {i.dataset.name: i.dataset.digest for i in base.inputs.dataset_inputs}
     assert inputs == {
         "train": file_md5(repo[0] / "data/prepared/train.npz"),
