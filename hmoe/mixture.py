@@ -195,7 +195,7 @@ class Mixture:
 
         from hmoe.recipe import TRUNK_OUTPUT
 
-        shared = with_router and self._router_head() is not None
+        shared = with_router and self.shared_router_head() is not None
         want_features = self.gate_input.needs_features
         if not (shared or want_features):
             router = self._predict(self.router, x) if with_router else None
@@ -205,7 +205,7 @@ class Mixture:
             trunk = self.base.get_layer(TRUNK_OUTPUT).output
             outs = [self.base.output]
             if shared:
-                outs.append(self._router_head()(trunk))
+                outs.append(self.shared_router_head()(trunk))
             if want_features:
                 outs.append(trunk)
             self._fronts[key] = keras.Model(self.base.inputs, outs)
@@ -214,7 +214,7 @@ class Mixture:
         router = got.pop(0) if shared else (self._predict(self.router, x) if with_router else None)
         return base, router, got.pop(0) if want_features else None
 
-    def _router_head(self):
+    def shared_router_head(self):
         """The router's head (features -> group probabilities) as a model, when the
         router is the base's trunk plus a head (every other layer holds the base's
         weights), else None.

@@ -87,10 +87,13 @@ def paired_metrics(
 def inference_cost(mixture: Mixture) -> dict[str, float]:
     """Multiply-adds per test image (millions), with the mixture's test-time views:
     hard routing runs the router, the base and one specialist (the largest); soft
-    routing runs every network; the two-bases control, two bases.
+    routing runs every network; the two-bases control, two bases. A router that is a
+    head on the base's trunk costs only its head: the mixture runs that trunk once.
     """
     views = len(tta_views(np.zeros((1, 32, 32, 3), np.uint8), mixture.tta))
-    router, base = multiply_adds(mixture.router), multiply_adds(mixture.base)
+    head = mixture.shared_router_head()
+    router = multiply_adds(head if head is not None else mixture.router)
+    base = multiply_adds(mixture.base)
     specs = [multiply_adds(s) for s in mixture.specialists]
     return {
         "cost_inference_mmacs_hard": views * (router + base + max(specs)) / 1e6,

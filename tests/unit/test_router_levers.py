@@ -13,7 +13,7 @@ from hmoe.gates import GateInput, build_gate
 from hmoe.mixture import Mixture, fuse_routes, group_marginal
 from hmoe.params import ParamsError, parse_params
 from hmoe.recipe import build_classifier, build_network, fit_whitening, multiply_adds
-from hmoe.steps.evaluate import evaluate
+from hmoe.steps.evaluate import evaluate, inference_cost
 from tests.unit.test_recipe import ARCH, GROUPS
 
 
@@ -118,10 +118,15 @@ def test_a_router_head_on_the_frozen_base_trunk_shares_its_pass(raw_params, inpu
     kw["gate_input"] = GateInput(inputs)
     shared = Mixture(router=head, base=base, **kw)
     out = shared.outputs(images)
-    assert shared._router_head() is not None
-    assert Mixture(router=apart, base=base, **kw)._router_head() is None
+    assert shared.shared_router_head() is not None
+    assert Mixture(router=apart, base=base, **kw).shared_router_head() is None
     np.testing.assert_allclose(out.router_net, shared.predict_network(head, images), atol=1e-6)
     np.testing.assert_allclose(out.base, shared.predict_network(base, images), atol=1e-6)
     np.testing.assert_allclose(out.router.sum(axis=1), 1.0, atol=1e-5)
     routed = shared.predict_details(images).probs
     np.testing.assert_allclose(routed, shared.predict_dense(images), atol=1e-5)
+    cost = inference_cost(shared)  # the shared trunk is paid once: the router costs its head
+    assert multiply_adds(shared.shared_router_head()) == 8 * 2  # 2 x width features, 2 groups
+    views, spec = 6, max(multiply_adds(s) for s in specs.values())
+    expected = views * (8 * 2 + multiply_adds(base) + spec) / 1e6
+    assert cost["cost_inference_mmacs_hard"] == pytest.approx(expected)
