@@ -17,7 +17,11 @@ from tests.support.tinyrepo import run as _run
 pytestmark = pytest.mark.pipeline
 
 SWEEP = {
-    "params": {"controls": {"second_base": True}},
+    "params": {  # fine-tuned specialists and hard routing, so the two differ in both
+        "controls": {"second_base": True},
+        "specialists": {"init_from_base": True},
+        "mixture": {"routing": "hard", "router_fusion": "none"},
+    },
     "reference": "default",
     "seeds": 1,
     "configurations": {

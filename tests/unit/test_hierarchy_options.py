@@ -42,7 +42,10 @@ def test_auto_groups_parse_and_log(raw_params):
     [
         (lambda r: r["grouping"].update(count=1), "`grouping.count`"),
         (lambda r: r["grouping"].update(count=6), "`grouping.count`"),
-        (lambda r: r["specialists"].update(width=32), "`specialists.width`"),
+        (
+            lambda r: r["specialists"].update(init_from_base=True, width=32),
+            "`specialists.width`",
+        ),
         (lambda r: r["specialists"].update(dustbin=1.5), "`specialists.dustbin`"),
         (lambda r: r["gates"].update(inputs="pixels"), "`gates.inputs`"),
         (lambda r: r["gates"].update(fit_on="test"), "`gates.fit_on`"),
