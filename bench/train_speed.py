@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,14 +23,7 @@ import numpy as np
 
 from hmoe.params import load_params
 from hmoe.recipe import build_network, fit_classifier
-from hmoe.runtime import resolve_jit
-
-
-def cpu() -> str:
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
-    return f"{model or platform.processor()} x{os.cpu_count()}"
+from hmoe.runtime import machine, resolve_jit
 
 
 class Timer(keras.callbacks.Callback):
@@ -50,7 +41,7 @@ class Timer(keras.callbacks.Callback):
               f"{self.n / cpu:.0f} images per CPU-s", flush=True)  # fmt: skip
 
 
-CPU = cpu()
+CPU = machine()  # the CPU model and its AVX-512 / bf16 flags
 
 
 def main() -> None:
