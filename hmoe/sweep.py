@@ -242,6 +242,7 @@ class Runner:
     seconds: dict[str, float] = field(default_factory=dict)
     cost: dict[tuple, tuple[float, float]] = field(default_factory=dict)  # key -> (GMACs, s)
     hooks: SweepHooks | None = None
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # the last evaluate's
 
     def cached(self, step: str, key: tuple, seed: int, make: Callable[[], Any]) -> Any:
         """``make()`` once per key (seeded as a stage would be), timed and logged."""
@@ -336,7 +337,8 @@ class Runner:
                 seed=p.seed,
             ),
         )
-        row = dict(result.metrics)
+        row = dict(result.metrics) | paired_by_seed(result.labels, self.splits["test"][1])
+        self.labels = result.labels
         row["best_control"] = result.best_control
         row["val_mixture_accuracy"] = gates.summary["val_accuracy"]
         row["val_base_accuracy"] = gates.summary["val_base_accuracy"]
@@ -351,6 +353,28 @@ class Runner:
         row["cost_train_gmacs_mixture"], row["cost_train_s_mixture"] = gmacs, secs
         row["cost_train_gmacs_base"] = self.cost.get(("base", *k_base), (0.0, 0.0))[0]
         return row
+
+
+# Per seed, image by image (McNemar): (name, mixture side, other side).
+PAIRS = (
+    ("soft_vs_two_bases", "soft", "two_bases"),
+    ("hard_vs_two_bases", "hard", "two_bases"),
+    ("mixture_vs_base", "mixture", "base"),
+)
+
+
+def paired_by_seed(labels: Mapping[str, np.ndarray], y: np.ndarray) -> dict[str, float]:
+    """Exact McNemar p and the discordant counts of each pair in :data:`PAIRS` present."""
+    from hmoe.stats import mcnemar_exact
+
+    out: dict[str, float] = {}
+    for name, a, b in PAIRS:
+        if a in labels and b in labels:
+            ra, rb = labels[a] == y, labels[b] == y
+            only_a, only_b = int(np.sum(ra & ~rb)), int(np.sum(~ra & rb))
+            out[f"{name}_only_a"], out[f"{name}_only_b"] = only_a, only_b
+            out[f"{name}_mcnemar_p"] = mcnemar_exact(only_a, only_b)
+    return out
 
 
 def _summary(value: Any) -> dict[str, float]:
@@ -394,6 +418,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, track: bool = True) -> pd.DataFrame
     runner = Runner(prepare_data(spec.raw), Log(f"{first.mlflow.experiment}-sweep", track))
     logger.info("data prepared in %.1f s", time.perf_counter() - start)
     rows = done.to_dict("records")
+    provenance = {"commit": _commit(), "machine": runtime.machine()}
     for offset in range(spec.seeds):
         for name, overrides in spec.configurations.items():
             p = params_for(spec.raw, overrides, offset)
@@ -404,8 +429,9 @@ def run_sweep(spec: SweepSpec, out: Path, *, track: bool = True) -> pd.DataFrame
             runtime.setup(p)  # this configuration's precision and compilation
             flat = _flat(overrides) | {"seed": p.seed}
             with runner.log.parent(name, p.seed, flat):
-                row = {"config": name, "seed": p.seed, **runner.run(p)}
+                row = {"config": name, "seed": p.seed, **runner.run(p), **provenance}
                 row["wall_s"] = time.perf_counter() - t0
+                save_labels(out / "labels" / f"{name}-s{p.seed}.npz", runner, spec)
                 runner.log.metrics({k: v for k, v in row.items() if _is_number(v)})
             rows.append(row)
             pd.DataFrame(rows).to_csv(csv, index=False)  # nothing lost on a crash
@@ -417,6 +443,28 @@ def run_sweep(spec: SweepSpec, out: Path, *, track: bool = True) -> pd.DataFrame
     (out / "findings.md").write_text(findings_markdown(frame, spec.reference))
     logger.info("sweep done in %.1f s: %s", time.perf_counter() - start, out / "findings.md")
     return frame
+
+
+def save_labels(path: Path, runner: Runner, spec: SweepSpec) -> None:
+    """Every predictor's test labels and the truth, so any paired statistic can be
+    recomputed later without retraining (a few kB per configuration x seed).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.asarray(v, dtype=np.int8) for k, v in runner.labels.items()}
+    np.savez_compressed(path, y=runner.splits["test"][1].astype(np.int8), **arrays)
+
+
+def _commit() -> str:
+    """The commit the sweep's code is at (``unknown`` outside a git checkout)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip()
 
 
 def _flat(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
