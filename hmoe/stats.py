@@ -1,8 +1,10 @@
 """Paired comparisons of two classifiers on the same test images.
 
-A lift of a fraction of a point on 10,000 images can be noise. Both statistics
+A lift of a fraction of a point on 10,000 images can be noise. The statistics
 here are paired: they use, image by image, whether each model was right, which
-is far more sensitive than comparing two accuracies with separate intervals.
+is far more sensitive than comparing two accuracies with separate intervals; and
+across seeds (:func:`t_interval`), one difference per seed, so that what moves both
+models together cancels out.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import stats
 from scipy.stats import binomtest
 
 
@@ -74,3 +77,22 @@ def compare(
         only_b=only_b,
         mcnemar_p=mcnemar_exact(only_a, only_b),
     )
+
+
+def t_interval(d: np.ndarray) -> tuple[float, float, float, float]:
+    """(mean, 95 % t-interval low, high, paired t-test p) of per-seed differences.
+
+    The one implementation of the across-seeds statistic (the sweep's findings and
+    :mod:`hmoe.summary` both call it), so that every table agrees. Non-finite
+    differences are dropped; with fewer than two the interval and p are NaN, and with
+    no spread at all p is NaN (the t statistic is undefined).
+    """
+    d = np.asarray(d, dtype=float)
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        mean = float(d.mean()) if len(d) else float("nan")
+        return mean, float("nan"), float("nan"), float("nan")
+    sem = d.std(ddof=1) / np.sqrt(len(d))
+    half = float(stats.t.ppf(0.975, len(d) - 1) * sem)
+    p = float(stats.ttest_1samp(d, 0.0).pvalue) if sem > 0 else float("nan")
+    return float(d.mean()), float(d.mean()) - half, float(d.mean()) + half, p

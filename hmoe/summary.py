@@ -59,18 +59,14 @@ def paired_lift(df: pd.DataFrame, a: str = "mixture_accuracy", b: str = "base_ac
     Each experiment contributes one paired difference, so seed-to-seed variation that
     moves both models together cancels out.
     """
-    from scipy import stats
+    from hmoe.stats import t_interval
 
     pairs = df[[a, b]].apply(pd.to_numeric, errors="coerce").dropna()
-    d = pairs[a] - pairs[b]
-    n = len(d)
+    n = len(pairs)
     if n < 2:
         raise ValueError(f"a paired test needs at least 2 experiments with {a} and {b}, got {n}")
-    sem = d.std(ddof=1) / n**0.5
-    half = float(stats.t.ppf(0.975, n - 1) * sem)
-    p = float(stats.ttest_rel(pairs[a], pairs[b]).pvalue) if sem > 0 else float("nan")
-    return {"n": n, "mean_diff": float(d.mean()), "ci_low": float(d.mean()) - half,
-            "ci_high": float(d.mean()) + half, "p_value": p}  # fmt: skip
+    mean, low, high, p = t_interval((pairs[a] - pairs[b]).to_numpy())
+    return {"n": n, "mean_diff": mean, "ci_low": low, "ci_high": high, "p_value": p}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

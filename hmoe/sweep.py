@@ -19,11 +19,12 @@ are identical across configurations (the same seed's base, say) is trained once 
 reused, as DVC's run cache would. With MLflow importable, each configuration x seed is
 a parent run tagged ``sweep`` with a child per step. The output folder gets
 ``findings.csv`` (one row per configuration x seed, written as each finishes: a
-rerun skips the rows already there) and ``findings.md``: per configuration the
-mean ± std of each accuracy and control over seeds, and the paired difference of its
-mixture against the reference configuration's, and against its own two bases, with a
-t-interval across seeds. Only the test split of the steps' evaluate is scored; it
-chooses nothing.
+rerun skips the rows already there), ``findings.md`` and ``findings.png``, computed
+from the CSV by :mod:`hmoe.findings` (``python -m hmoe.findings OUT`` rebuilds them):
+per configuration the mean ± std of each accuracy and control over seeds, the paired
+differences against the reference and against two bases with t-intervals across seeds,
+per seed McNemar, and accuracy against inference cost. Only the test split of the
+steps' evaluate is scored; it chooses nothing.
 """
 
 from __future__ import annotations
@@ -43,37 +44,12 @@ import pandas as pd
 import yaml
 
 from hmoe import paths
+from hmoe.findings import findings_markdown, write_findings
 from hmoe.params import Params, ParamsError, parse_params
 from hmoe.profile import merged
 
 logger = logging.getLogger("hmoe.sweep")
 
-# What findings.md averages, in this order (those a configuration has).
-ACCURACIES = (
-    "mixture_accuracy",
-    "val_mixture_accuracy",
-    "base_accuracy",
-    "val_base_accuracy",
-    "val_hard_accuracy",
-    "val_soft_accuracy",
-    "hard_accuracy",
-    "soft_accuracy",
-    "oracle_accuracy",
-    "router_accuracy",
-    "router_net_accuracy",
-    "base_group_accuracy",
-    "ensemble_accuracy",
-    "product_control_accuracy",
-    "equal_gates_control_accuracy",
-    "two_bases_control_accuracy",
-)
-# Costs shown beside the accuracies (means over seeds).
-COSTS = {
-    "cost_train_gmacs_mixture": "train GMACs (base + specialists + router)",
-    "cost_train_s_mixture": "train s",
-    "cost_inference_mmacs_hard": "MMACs/image hard",
-    "cost_inference_mmacs_soft": "MMACs/image soft",
-}
 STEPS = ("base", "second_base", "groups", "specialists", "router", "gates", "evaluate")
 
 
@@ -440,7 +416,7 @@ def run_sweep(spec: SweepSpec, out: Path, *, track: bool = True) -> pd.DataFrame
                 name, p.seed, row["mixture_accuracy"], row["base_accuracy"], row["wall_s"],
             )  # fmt: skip
     frame = pd.DataFrame(rows)
-    (out / "findings.md").write_text(findings_markdown(frame, spec.reference))
+    write_findings(frame, out, spec.reference)
     logger.info("sweep done in %.1f s: %s", time.perf_counter() - start, out / "findings.md")
     return frame
 
@@ -475,104 +451,6 @@ def _flat(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
-
-
-# -- findings -------------------------------------------------------------------------
-
-
-def t_interval(d: np.ndarray) -> tuple[float, float, float, float]:
-    """(mean, 95 % t-interval low, high, paired t-test p) of per-seed differences."""
-    from scipy import stats
-
-    d = np.asarray(d, dtype=float)
-    d = d[np.isfinite(d)]
-    if len(d) < 2:
-        mean = float(d.mean()) if len(d) else float("nan")
-        return mean, float("nan"), float("nan"), float("nan")
-    sem = d.std(ddof=1) / np.sqrt(len(d))
-    half = float(stats.t.ppf(0.975, len(d) - 1) * sem)
-    p = float(stats.ttest_1samp(d, 0.0).pvalue) if sem > 0 else float("nan")
-    return float(d.mean()), float(d.mean()) - half, float(d.mean()) + half, p
-
-
-def summary_table(frame: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """One row per configuration: mean and std over seeds of each accuracy, and the
-    paired differences (per seed) against the reference and against two bases.
-    """
-    out = []
-    ref = frame[frame["config"] == reference].set_index("seed")["mixture_accuracy"]
-    for name, group in frame.groupby("config", sort=False):
-        row: dict[str, Any] = {"config": name, "seeds": len(group)}
-        for key in ACCURACIES:
-            if key in group and group[key].notna().any():
-                row[f"{key}_mean"] = group[key].mean()
-                row[f"{key}_std"] = group[key].std(ddof=1) if len(group) > 1 else float("nan")
-        for key in COSTS:
-            if key in group:
-                row[key] = group[key].mean()
-        mine = group.set_index("seed")["mixture_accuracy"]
-        common = mine.index.intersection(ref.index)
-        diff = (mine[common] - ref[common]).to_numpy()
-        row |= dict(zip(_diff_cols("vs_reference"), t_interval(diff), strict=True))
-        two = group.get("two_bases_control_accuracy")
-        if two is not None and two.notna().any():
-            d2 = (group["mixture_accuracy"] - two).to_numpy()
-            row |= dict(zip(_diff_cols("vs_two_bases"), t_interval(d2), strict=True))
-        d3 = (group["mixture_accuracy"] - group["base_accuracy"]).to_numpy()
-        row |= dict(zip(_diff_cols("vs_base"), t_interval(d3), strict=True))
-        out.append(row)
-    return pd.DataFrame(out)
-
-
-def _diff_cols(prefix: str) -> list[str]:
-    return [f"{prefix}_{k}" for k in ("mean", "ci_low", "ci_high", "p")]
-
-
-def findings_markdown(frame: pd.DataFrame, reference: str) -> str:
-    """The findings table in Markdown (accuracies in %, differences in points)."""
-    table = summary_table(frame, reference)
-    shown = [k for k in ACCURACIES if f"{k}_mean" in table]
-    head = ["configuration", "seeds", *[k.removesuffix("_accuracy") for k in shown]]
-    costs = [k for k in COSTS if k in table]
-    head += [f"mixture - {reference} (95 % t-CI, p)", "mixture - base", "mixture - two bases"]
-    head += [COSTS[k] for k in costs]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, r in table.iterrows():
-        cells = [str(r["config"]), str(int(r["seeds"]))]
-        cells += [_pm(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in shown]
-        for prefix in ("vs_reference", "vs_base", "vs_two_bases"):
-            cells.append(_diff(r, prefix))
-        cells += [f"{r[k]:,.0f}" if np.isfinite(r[k]) else "n/a" for k in costs]
-        lines.append("| " + " | ".join(cells) + " |")
-    seeds = sorted(frame["seed"].unique().tolist())
-    note = (
-        f"\nAccuracies: mean ± std over seeds {seeds} (test split unless marked val); "
-        "differences: mean over seeds of the per-seed paired difference, in points, with "
-        "its 95 % t-interval and paired t-test p (n/a with one seed). Costs: training "
-        "image passes x forward multiply-adds of the networks the mixture uses (a reused "
-        "network counts in every configuration that uses it), wall seconds of their "
-        "training, and multiply-adds per test image with the test-time views.\n"
-    )
-    return "\n".join(lines) + "\n" + note
-
-
-def _pm(mean: Any, std: Any) -> str:
-    if mean is None or not np.isfinite(mean):
-        return "n/a"
-    if std is None or not np.isfinite(std):
-        return f"{100 * mean:.2f}"
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
-
-
-def _diff(r: pd.Series, prefix: str) -> str:
-    mean = r.get(f"{prefix}_mean")
-    if mean is None or not np.isfinite(mean):
-        return "n/a"
-    lo, hi, p = r.get(f"{prefix}_ci_low"), r.get(f"{prefix}_ci_high"), r.get(f"{prefix}_p")
-    if lo is None or not np.isfinite(lo):
-        return f"{100 * mean:+.2f}"
-    p_text = f", p={p:.2g}" if p is not None and np.isfinite(p) else ""
-    return f"{100 * mean:+.2f} ({100 * lo:+.2f} .. {100 * hi:+.2f}{p_text})"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -75,7 +75,8 @@ def test_a_network_with_identical_params_is_trained_once(sweep):
 def test_findings_table_compares_with_the_reference(sweep):
     repo, _, log = sweep
     md = (repo / "out/findings.md").read_text()
-    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    first_table = md.split("\n\n")[0]  # the configuration table; other sections follow
+    lines = [ln for ln in first_table.splitlines() if ln.startswith("| ")]
     assert lines[0].startswith("| configuration | seeds | mixture |")
     assert "mixture - default (95 % t-CI, p)" in lines[0]
     rows = {ln.split(" | ")[0].removeprefix("| "): ln for ln in lines[1:]}
@@ -86,6 +87,8 @@ def test_findings_table_compares_with_the_reference(sweep):
     ref = frame[frame["config"] == "default"].set_index("seed")["mixture_accuracy"]
     mean = 100 * (mine - ref).mean()
     assert f"{mean:+.2f} (" in rows["scratch_soft"]
+    assert "## The decisive comparisons" in md and "McNemar" in md and "## Provenance" in md
+    assert (repo / "out/findings.png").read_bytes()[:4] == b"\x89PNG"
     assert "Traceback" not in log
 
 
