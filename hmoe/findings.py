@@ -39,7 +39,7 @@ from matplotlib.lines import Line2D
 
 from hmoe.stats import t_interval
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("hmoe.findings")
 
 __all__ = [
     "ACCURACIES",
