@@ -54,9 +54,9 @@ def stage_figures() -> None:
     """
     from mlflow.tracking import MlflowClient
 
-    from hmoe import tracking
+    from hmoe import paths, tracking
 
-    tracking.mlflow.set_tracking_uri(tracking.tracking_uri())
+    tracking.mlflow.set_tracking_uri(tracking.tracking_uri(paths.repo_root()))
     client = MlflowClient()
     from hmoe.params import load_params
 
@@ -84,9 +84,9 @@ def pipeline_runs() -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from hmoe import tracking
+    from hmoe import paths, tracking
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking.tracking_uri(paths.repo_root()))
     client = MlflowClient()
     exp_ids = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(exp_ids, max_results=5000)

@@ -45,9 +45,9 @@ def read_images(files: Sequence[Path]) -> tuple[np.ndarray, list[str]]:
 def load(uri: str):
     import mlflow
 
-    from hmoe import tracking
+    from hmoe import paths, tracking
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking.tracking_uri(paths.repo_root()))
     try:
         return mlflow.pyfunc.load_model(uri)
     except Exception as err:  # registry, network and file errors all end the command here

@@ -1,24 +1,22 @@
-"""The stage edge: everything a DVC stage does around its step.
+"""The stage edge: everything a DVC stage does around its step but logging.
 
-Start-up (logging, one-line user errors, validated params, seeds, determinism, float
-policy), reading inputs, the stage's MLflow run with the declared params and the
-input datasets (logged from the arrays already in memory), and atomic outputs. A stage
-module is then a few lines: init, read, step, write.
+Start-up (logging, one-line user errors, validated params; :func:`hmoe.runtime.init`
+adds seeds, determinism and the float policy), reading inputs, and atomic outputs. A
+stage module is then a few lines: init, read, step, write.
 
-MLflow code (:mod:`hmoe.tracking`, :mod:`hmoe.registry`) is called from here only and
-only receives values: no output depends on it, so those two modules are not DVC deps
-(tests/unit/test_dvc_deps.py, tests/model/test_tracking_free.py).
+Every stage lists this module in its DVC deps, so it holds no MLflow code: the
+stage's MLflow run is opened by :mod:`hmoe.observer`, which only receives values and
+is no DVC dep (tests/unit/test_dvc_deps.py, tests/model/test_tracking_free.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,9 @@ import yaml
 
 from hmoe import paths
 from hmoe.data.constants import DataError
-from hmoe.data.storage import atomic_write, file_md5, load_split
+from hmoe.data.storage import atomic_write, load_split
 from hmoe.groups import Groups, GroupsError
-from hmoe.params import Params, ParamsError, flatten, load_params, parse_params
+from hmoe.params import Params, ParamsError, flatten, load_params
 
 logger = logging.getLogger("hmoe")
 
@@ -83,28 +81,13 @@ def install_handlers(stage: str) -> None:
 
 
 def stage_params(stage: str, params: Params) -> dict[str, Any]:
-    """The params this stage declares in dvc.yaml, with their values (for MLflow)."""
+    """The params this stage declares in dvc.yaml, with their values: what a backup is
+    keyed on (:func:`backup_key`) and what the stage's MLflow run logs.
+    """
     spec = yaml.safe_load(Path("dvc.yaml").read_text())["stages"][stage.split("@", maxsplit=1)[0]]
     declared = spec.get("do", spec).get("params", [])
     flat = flatten(params)
     return {k: v for k, v in flat.items() if any(k == d or k.startswith(f"{d}.") for d in declared)}
-
-
-def changed_params(params: Params) -> dict[str, Any]:
-    """The params (dotted keys) whose values differ from params.yaml as committed at
-    HEAD: what `dvc exp run -S` or an edit changed for this run.
-    """
-    import subprocess
-
-    try:
-        text = subprocess.run(
-            ["git", "show", f"HEAD:{paths.PARAMS}"], capture_output=True, text=True, check=True
-        ).stdout
-        committed = flatten(parse_params(yaml.safe_load(text)))
-    except (OSError, subprocess.CalledProcessError, ParamsError):
-        return {}
-    now = flatten(params)
-    return {k: v for k, v in now.items() if committed.get(k) != v}
 
 
 def data_digest() -> str | None:
@@ -160,23 +143,7 @@ def read_groups(path: Path = paths.GROUPS) -> Groups:
         raise StageError(msg) from None
 
 
-# -- the stage's run ------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def tracked(stage: str, params: Params, splits: Mapping[str, SplitFile] = ()) -> Iterator[str]:
-    """The stage's MLflow child run with its params, precision and input datasets.
-
-    Yields the pipeline's parent run id.
-    """
-    from hmoe import tracking
-
-    logged = stage_params(stage, params)
-    with tracking.stage_run(stage, params.mlflow.experiment, logged, data_digest()) as (_, parent):
-        tracking.log_runtime(params.train.jit_compile)
-        for context, split in dict(splits).items():
-            tracking.log_dataset(context, split.x, split.y, split.path, file_md5(split.path))
-        yield parent
+# -- outputs ------------------------------------------------------------------------
 
 
 def save_model(model: Any, path: Path) -> None:

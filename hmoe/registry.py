@@ -1,9 +1,10 @@
-"""Every model logged to MLflow and registered: the Keras networks, the pyfunc
-mixture, the lineage links, and which mixture version is `@champion`.
+"""MLflow's model registry: Keras networks and pyfunc models logged and registered,
+lineage links, and which version of a model is `@champion`.
 
 The champion is chosen on the validation split only: the test split stays a
-report, never a selection criterion. Nothing here decides an output file, so this
-module is no DVC dep (see :mod:`hmoe.edge`).
+report, never a selection criterion. This module imports nothing from the pipeline
+(tests/unit/test_import_graph.py): names, files' md5s and tags are passed in by the
+stage's observer (:mod:`hmoe.observer`), so it decides no output and is no DVC dep.
 """
 
 from __future__ import annotations
@@ -20,11 +21,6 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-
-from hmoe import modelset
-from hmoe.data.storage import file_md5
-from hmoe.modelset import MIXTURE
-from hmoe.tracking import common_tags
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +54,7 @@ def decide(
 
 
 def current_champion(
-    client: MlflowClient, name: str = MIXTURE
+    client: MlflowClient, name: str
 ) -> tuple[str | None, float | None, str | None]:
     """(version, val accuracy, split digest) of the champion, or Nones."""
     try:
@@ -70,7 +66,7 @@ def current_champion(
 
 
 def apply_champion_rule(
-    version: str, val_accuracy: float, split_digest: str, name: str = MIXTURE
+    name: str, version: str, val_accuracy: float, split_digest: str
 ) -> Decision:
     """Tag the new version with its val accuracy and split; make it champion or challenger.
 
@@ -106,17 +102,14 @@ def apply_champion_rule(
     return decision
 
 
-def versions_for_outputs(outs: Mapping[str, Path]) -> dict[str, tuple[str, str]]:
+def versions_for_outputs(md5s: Mapping[str, str]) -> dict[str, tuple[str, str]]:
     """Registered name -> (version, source run id) of the versions whose tagged md5
-    equals the current output file: links stages DVC skipped to the runs that
-    produced their outputs.
+    equals the current output file's (``md5s``: registered name -> md5): links stages
+    DVC skipped to the runs that produced their outputs.
     """
     client = MlflowClient()
     links: dict[str, tuple[str, str]] = {}
-    for name, path in outs.items():
-        if not path.is_file():
-            continue
-        md5 = file_md5(path)
+    for name, md5 in md5s.items():
         try:
             versions = client.search_model_versions(f"name = '{name}'")
         except MlflowException:
@@ -144,22 +137,17 @@ def requirements() -> list[str]:
     return pins
 
 
-def tag_version(name: str, version: str, out_path: Path) -> None:
-    """Tie a registered version to the DVC output it was saved as (path and md5)."""
+def tag_version(name: str, version: str, tags: Mapping[str, str]) -> None:
+    """Tag a registered version, e.g. with the DVC output it was saved as (path, md5)."""
     client = MlflowClient()
-    tags = {
-        "dvc_out": str(out_path),
-        "dvc_md5": file_md5(out_path),
-        **common_tags(),
-    }
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
 
 
 def log_keras_model(
-    model: keras.Model, registered_name: str, example: np.ndarray, out_path: Path
+    model: keras.Model, registered_name: str, example: np.ndarray, tags: Mapping[str, str]
 ) -> str | None:
-    """Log a Keras model with its signature, register it, tag the version.
+    """Log a Keras model with its signature, register it, tag the version with ``tags``.
 
     No input_example: the keras flavor fails on it in MLflow 3.17 (mlflow#16183).
     Returns the registered version, or None when registration is off.
@@ -176,70 +164,53 @@ def log_keras_model(
     )
     version = info.registered_model_version
     if registered_name and version is not None:
-        tag_version(registered_name, str(version), out_path)
+        tag_version(registered_name, str(version), tags)
         logger.info("registered %s version %s", registered_name, version)
         return str(version)
     return None
 
 
-def register_mixture(
-    groups, config: Mapping[str, Any], files: Mapping[str, Path], example: np.ndarray,
-    config_file: Path,
-) -> str:  # fmt: skip
-    """Log and register the assembled mixture as a pyfunc (`hmoe-mixture`).
+def log_pyfunc(
+    registered_name: str,
+    python_model: mlflow.pyfunc.PythonModel,
+    *,
+    artifacts: Mapping[str, Path],
+    code_paths: list[str],
+    example: np.ndarray,
+    example_output: Any,
+    tags: Mapping[str, str],
+) -> str:
+    """Log and register a pyfunc model; return its version, tagged with ``tags``.
 
-    ``config``: what the pyfunc needs besides the networks (written to ``config_file``,
-    which travels as an artifact); ``files``: registered name -> network file.
+    The signature holds outputs only: MLflow enforces an input schema by casting (a
+    uint8 spec turns 0.5 into 0) or by refusing other dtypes, so a pyfunc that checks
+    its inputs itself answers with a message that says what is expected instead.
     """
-    import json
-
     from mlflow.models import ModelSignature, infer_signature
 
-    import hmoe
-    from hmoe.mixture import Prediction
-    from hmoe.serving import CONFIG, MixturePyfunc, predictions_frame
-
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(json.dumps(dict(config), indent=2, sort_keys=True))
-    arts = {name: str(path) for name, path in files.items()} | {CONFIG: str(config_file)}
-    n, n_classes = len(example), len(groups.classes)
-    dummy = Prediction(
-        probs=np.full((n, n_classes), 1 / n_classes, dtype=np.float32),
-        group=np.zeros(n, dtype=np.int64),
-        group_prob=np.ones(n, dtype=np.float32),
-        specialist_weight=np.full(n, 0.5, dtype=np.float32),
-    )
-    # Outputs only: MLflow enforces an input schema by casting (a uint8 spec turns 0.5
-    # into 0) or by refusing other dtypes, so the pyfunc checks its inputs itself
-    # (hmoe.serving.to_images) and answers with a message that says what is expected.
-    outputs = predictions_frame(dummy, list(groups.classes), list(groups.names))
-    signature = ModelSignature(inputs=None, outputs=infer_signature(example, outputs).outputs)
+    outputs = infer_signature(example, example_output).outputs
     info = mlflow.pyfunc.log_model(
-        name="mixture",
-        python_model=MixturePyfunc(),
-        artifacts=arts,
-        code_paths=[str(Path(hmoe.__file__).parent)],
-        signature=signature,
+        name=registered_name.removeprefix("hmoe-"),
+        python_model=python_model,
+        artifacts={k: str(v) for k, v in artifacts.items()},
+        code_paths=code_paths,
+        signature=ModelSignature(inputs=None, outputs=outputs),
         input_example=example,
-        registered_model_name=MIXTURE,
+        registered_model_name=registered_name,
         pip_requirements=requirements(),
     )
     version = str(info.registered_model_version)
-    client = MlflowClient()
-    for name, path in files.items():
-        client.set_model_version_tag(MIXTURE, version, f"dvc_md5.{name}", file_md5(path))
-    for k, v in common_tags().items():
-        client.set_model_version_tag(MIXTURE, version, k, v)
-    logger.info("registered %s version %s", MIXTURE, version)
+    tag_version(registered_name, version, tags)
+    logger.info("registered %s version %s", registered_name, version)
     return version
 
 
-def link_lineage(parent: str, groups) -> None:
-    """Tag the pipeline run with the model versions (and runs) behind every output,
-    so a pipeline whose stages DVC skipped still shows where each network came from.
+def link_lineage(parent: str, md5s: Mapping[str, str]) -> None:
+    """Tag the pipeline run with the model versions (and runs) behind every output
+    (``md5s``: registered name -> its file's md5), so a pipeline whose stages DVC
+    skipped still shows where each network came from.
     """
     client = MlflowClient()
-    outs = modelset.model_files(groups.names)
-    for name, (version, run_id) in versions_for_outputs(outs).items():
+    for name, (version, run_id) in versions_for_outputs(md5s).items():
         client.set_tag(parent, f"model_version.{name}", version)
         client.set_tag(parent, f"source_run.{name}", run_id)

@@ -1,15 +1,22 @@
-"""The one-minute report: PNG figures plus Markdown and HTML pages.
+"""The one-minute report: PNG figures plus Markdown and HTML pages, the evaluate
+stage's plot tables, and the provenance the report opens with.
 
-Pure plotting over arrays the evaluate stage already has; writing happens in
-:func:`write_report`, which returns the files it wrote.
+Plotting and formatting are pure, over arrays the evaluate stage already has; files
+are written by :func:`write_report` (which returns them), :func:`write_run_report`
+and :func:`write_plot_tables`. Provenance (git, params, data, machine) is read here;
+what it takes from MLflow (the parent run, stage wall times) is passed in.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import logging
+import os
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -17,8 +24,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import yaml
+from matplotlib.ticker import MaxNLocator
 
+from hmoe import paths
+from hmoe.data.storage import atomic_write
 from hmoe.metrics import confusion, per_class_accuracy
+from hmoe.params import Params, ParamsError, flatten, parse_params
+
+if TYPE_CHECKING:
+    from hmoe.groups import Groups
+    from hmoe.steps.evaluate import Evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +55,11 @@ HEADLINE = (
     ("lift_over_base", "lift over base"),
     ("lift_over_ensemble", "lift over ensemble"),
 )
+# Rows that are differences of two accuracies (in points), not accuracies (in %).
+DIFFERENCES = {"routing_loss", "lift_over_base", "lift_over_ensemble"}
+# Rows with a paired 95 % interval: the row's key -> the prefix of its paired metrics.
+INTERVALS = {"lift_over_base": "vs_base"}
+MARKED_EPOCHS = 20  # curves this short get a marker per epoch (one epoch: a lone point)
 
 
 def _heat(ax, matrix, xlabels, ylabels, title, fmt="{:.0f}", cmap="Blues"):
@@ -100,10 +121,15 @@ def curves_figure(histories: Mapping[str, pd.DataFrame]):
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, (name, h) in zip(axes.flat, histories.items(), strict=False):
+        marker = "o" if len(h) <= MARKED_EPOCHS else None
         for col, style in (("accuracy", "--"), ("val_accuracy", "-")):
             if col in h:
-                ax.plot(h["epoch"] + 1, h[col], style, label=col.replace("_", " "))
+                ax.plot(
+                    h["epoch"] + 1, h[col], style, marker=marker, markersize=4,
+                    label=col.replace("_", " "),
+                )  # fmt: skip
         ax.set_title(name, fontsize=10)
+        _epoch_axis(ax, int(h["epoch"].max()) + 1 if len(h) else 1)
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy")
         ax.legend(fontsize=7)
@@ -111,6 +137,15 @@ def curves_figure(histories: Mapping[str, pd.DataFrame]):
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def _epoch_axis(ax, epochs: int) -> None:
+    """Whole epochs on the x axis, with room around a lone point (one epoch)."""
+    ax.set_xlim(0.5, epochs + 0.5)
+    if epochs <= MARKED_EPOCHS:
+        ax.set_xticks(range(1, epochs + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 CAPTIONS = {
@@ -177,17 +212,10 @@ def write_report(
         f.savefig(out_dir / name, dpi=110)
         plt.close(f)
         written.append(out_dir / name)
-    rows = [(label, metrics[key]) for key, label in HEADLINE if key in metrics]
-    rows += [
-        (f"specialist {g} (on its classes)", metrics[f"specialist_{g}_accuracy"])
-        for g in group_names
-        if f"specialist_{g}_accuracy" in metrics
-    ]
     prov = list((provenance or {}).items())
     md = ["# hmoe report", "", "## Provenance", "", "| what | value |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in prov]
-    md += ["", "## Results (test split)", "", "| figure | value |", "|---|---|"]
-    md += [f"| {label} | {value:.4f} |" for label, value in rows]
+    md += _results_table(metrics, group_names, best_control)
     lift = _lift_table(metrics, best_control)
     md += lift
     costs = [(k, v) for k, v in metrics.items() if k.startswith("cost_")]
@@ -207,6 +235,49 @@ def write_report(
     return written
 
 
+def percent(value: float) -> str:
+    """An accuracy as people read it: 0.8881 -> 88.81 %."""
+    return f"{100 * value:.2f} %"
+
+
+def points(value: float) -> str:
+    """A difference of two accuracies in percentage points, signed: +0.52 points."""
+    return f"{100 * value:+.2f} points"
+
+
+def interval(metrics: Mapping[str, float], prefix: str) -> str:
+    """A paired 95 % interval in points (``<prefix>_ci_low`` .. ``_ci_high``)."""
+    low, high = metrics[f"{prefix}_ci_low"], metrics[f"{prefix}_ci_high"]
+    return f"{100 * low:+.2f} .. {100 * high:+.2f} points"
+
+
+def _results_table(
+    metrics: Mapping[str, float], group_names: Sequence[str], best_control: str | None
+) -> list[str]:
+    """Accuracies in %, differences in points, each with its paired 95 % interval
+    where the evaluation computed one.
+    """
+    rows = []
+    for key, label in HEADLINE:
+        if key not in metrics:
+            continue
+        value = points(metrics[key]) if key in DIFFERENCES else percent(metrics[key])
+        prefix = INTERVALS.get(key)
+        ci = interval(metrics, prefix) if prefix and f"{prefix}_ci_low" in metrics else ""
+        rows.append((label, value, ci))
+    if "vs_best_control_diff" in metrics:
+        label = f"lift over best control ({best_control})"
+        value = points(metrics["vs_best_control_diff"])
+        rows.append((label, value, interval(metrics, "vs_best_control")))
+    rows += [
+        (f"specialist {g} (on its classes)", percent(metrics[f"specialist_{g}_accuracy"]), "")
+        for g in group_names
+        if f"specialist_{g}_accuracy" in metrics
+    ]
+    head = ["", "## Results (test split)", "", "| figure | value | paired 95 % interval |"]
+    return [*head, "|---|---|---|", *(f"| {a} | {b} | {c} |" for a, b, c in rows)]
+
+
 def _lift_table(metrics: Mapping[str, float], best_control: str | None) -> list[str]:
     """Paired statistics of the mixture's lift (bootstrap 95 % interval, McNemar p)."""
     against = [("vs_base", "base"), ("vs_best_control", f"best control ({best_control})")]
@@ -222,9 +293,9 @@ def _lift_table(metrics: Mapping[str, float], best_control: str | None) -> list[
         if f"{key}_diff" not in metrics:
             continue
         lines.append(
-            f"| {label} | {metrics[f'{key}_diff']:+.4f} | {metrics[f'{key}_ci_low']:+.4f} .. "
-            f"{metrics[f'{key}_ci_high']:+.4f} | {metrics[f'{key}_only_a']:.0f} | "
-            f"{metrics[f'{key}_only_b']:.0f} | {metrics[f'{key}_mcnemar_p']:.3g} |"
+            f"| {label} | {points(metrics[f'{key}_diff'])} | {interval(metrics, key)} | "
+            f"{metrics[f'{key}_only_a']:.0f} | {metrics[f'{key}_only_b']:.0f} | "
+            f"{metrics[f'{key}_mcnemar_p']:.3g} |"
         )
     return lines if len(lines) > 5 else []
 
@@ -278,4 +349,128 @@ def _html(md: Sequence[str]) -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>hmoe report</title>"
         f"<style>{style}</style></head><body>{''.join(out)}</body></html>\n"
+    )
+
+
+# -- the evaluate stage's files and provenance ---------------------------------------
+
+
+def write_plot_tables(y: np.ndarray, labels: Mapping[str, np.ndarray], classes: list[str]) -> None:
+    """DVC's plot tables: confusion rows (its `confusion` template) and per-class
+    accuracy of the base and the mixture.
+    """
+    names = np.asarray(classes)
+    confusion_rows = pd.DataFrame({"actual": names[y], "predicted": names[labels["mixture"]]})
+    per_class = pd.DataFrame(
+        {
+            "class": classes,
+            "base": per_class_accuracy(y, labels["base"], len(classes)),
+            "mixture": per_class_accuracy(y, labels["mixture"], len(classes)),
+        }
+    )
+    atomic_write(paths.CONFUSION, lambda tmp: confusion_rows.to_csv(tmp, index=False))
+    atomic_write(
+        paths.PER_CLASS, lambda tmp: per_class.to_csv(tmp, index=False, float_format="%.4f")
+    )
+
+
+def history_files(groups: Groups) -> dict[str, Path]:
+    """The epoch logs of the networks this run trained, one figure panel each."""
+    files = {"base": paths.stage_reports("train_base") / "history.csv"}
+    if paths.SECOND_BASE_MODEL.is_file():
+        files["second base"] = paths.stage_reports("train_second_base") / "history.csv"
+    files |= {f"specialist {g}": paths.specialist_history(g) for g in groups.names}
+    files["router"] = paths.stage_reports("train_router") / "history.csv"
+    return files
+
+
+def write_run_report(
+    result: Evaluation, y: np.ndarray, groups: Groups, provenance: Mapping[str, str]
+) -> list[Path]:
+    """The pipeline run's report (reports/report/) from the evaluation and the files
+    the earlier stages wrote (groups, epoch logs).
+    """
+    record = json.loads(paths.GROUPS.read_text())
+    return write_report(
+        paths.REPORT,
+        metrics=result.metrics,
+        y=y,
+        base_pred=result.labels["base"],
+        mix_pred=result.labels["mixture"],
+        router_probs=result.router_probs,
+        gate_ws=result.gate_weights,
+        classes=list(groups.classes),
+        group_names=groups.names,
+        histories=read_histories(history_files(groups)),
+        best_control=result.best_control,
+        partition=groups.to_dict(),
+        partition_source=record["source"],
+        provenance=provenance,
+    )
+
+
+def provenance(params: Params, parent: str, walls: Mapping[str, float]) -> dict[str, str]:
+    """Which run, code, params, data, machine and runtime the report comes from;
+    ``parent`` (the MLflow parent run) and ``walls`` (stage wall seconds) come from
+    the tracking store.
+    """
+    import keras
+
+    from hmoe import runtime
+
+    data = json.loads(paths.DATA_REPORT.read_text())
+    run = os.environ.get("DVC_EXP_NAME")
+    commit = git_commit()[:10]
+    changed = changed_params(params)
+    compiled = runtime.resolve_jit(params.train.jit_compile)[0]
+    policy = keras.mixed_precision.global_policy().name
+    return {
+        "run": f"DVC experiment {run} (baseline {commit})" if run else f"commit {commit}",
+        "MLflow parent run": parent,
+        "params that differ from params.yaml at HEAD": ", ".join(
+            f"{k}={v}" for k, v in changed.items()
+        )
+        or "none",
+        "data": f"{data['source']} ({data['kind']}, {data['digest']})",
+        "split sizes": ", ".join(f"{k} {v:,}" for k, v in data["sizes"].items()),
+        "machine": runtime.machine(),
+        "backend, precision, compiled": f"{keras.backend.backend()}, {policy}, {compiled}",
+        "stage wall times (s)": ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) or "n/a",
+    }
+
+
+def git_commit() -> str:
+    """The commit checked out, or "unknown" outside a git repository."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def changed_params(params: Params) -> dict[str, Any]:
+    """The params (dotted keys) whose values differ from params.yaml as committed at
+    HEAD: what `dvc exp run -S` or an edit changed for this run.
+    """
+    try:
+        text = subprocess.run(
+            ["git", "show", f"HEAD:{paths.PARAMS}"], capture_output=True, text=True, check=True
+        ).stdout
+        committed = flatten(parse_params(yaml.safe_load(text)))
+    except (OSError, subprocess.CalledProcessError, ParamsError):
+        return {}
+    now = flatten(params)
+    return {k: v for k, v in now.items() if committed.get(k) != v}
+
+
+def headline(metrics: Mapping[str, float], best_control: str) -> str:
+    """The run's result in one log line."""
+    return (
+        f"test accuracy: mixture {metrics['mixture_accuracy']:.4f}, base "
+        f"{metrics['base_accuracy']:.4f}, router {metrics['router_accuracy']:.4f}; mixture - "
+        f"base {metrics['vs_base_diff']:+.4f} (95 % CI {metrics['vs_base_ci_low']:+.4f} .. "
+        f"{metrics['vs_base_ci_high']:+.4f}, McNemar p={metrics['vs_base_mcnemar_p']:.3g}); "
+        f"best control {best_control}"
     )

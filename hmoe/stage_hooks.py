@@ -1,7 +1,10 @@
 """What a classifier stage adds around each network it trains (:class:`StageHooks`):
-the network's MLflow run, a backup that a killed run resumes from exactly, the epoch
-log, then the atomic save, metrics and registration. Kept apart from :mod:`hmoe.edge`
-so that stages which train nothing (prepare, groups, evaluate) do not depend on it.
+a backup that a killed run resumes from exactly, the epoch log, then the atomic save
+and metrics. Kept apart from :mod:`hmoe.edge` so that stages which train nothing
+(prepare, groups, evaluate) do not depend on it.
+
+No MLflow code: the network's run, its epoch metrics and its registration are added by
+:func:`hmoe.observer.watch` around these hooks, so that editing them retrains nothing.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +19,7 @@ from typing import Any
 
 from hmoe import paths
 from hmoe.data.storage import atomic_write, file_md5, write_json
-from hmoe.edge import (
-    SplitFile,
-    StageError,
-    backup_key,
-    data_digest,
-    save_model,
-    stage_params,
-    tracked,
-)
+from hmoe.edge import SplitFile, StageError, backup_key, data_digest, save_model, stage_params
 from hmoe.params import Params
 from hmoe.steps.hooks import Fit, Hooks, NetworkJob
 
@@ -50,9 +44,11 @@ class NetworkOutput:
 
 
 class StageHooks(Hooks):
-    """Around each network a classifier stage trains: its MLflow run, a backup that a
-    killed run resumes from exactly, the epoch log, then the atomic save, metrics and
-    registration.
+    """Around each network a classifier stage trains: a backup that a killed run
+    resumes from exactly, the epoch log, then the atomic save and metrics.
+
+    While a network trains, :attr:`replicas` and :attr:`resumed_at` say how (for the
+    observer's run).
     """
 
     def __init__(
@@ -64,10 +60,11 @@ class StageHooks(Hooks):
     ) -> None:
         self.stage, self.params, self.outputs, self.splits = stage, params, outputs, splits
         self._backup: Path | None = None
-        self._resumed_at = 0
-        self._start = 0.0
+        self.resumed_at = 0  # epochs an earlier, killed attempt completed
+        self.replicas = 1  # devices the network trains on
 
-    def _run_name(self, job: NetworkJob) -> str:
+    def run_name(self, job: NetworkJob) -> str:
+        """The network's name as a run: the stage, or `stage@group` for a specialist."""
         _, _, group = job.name.partition("@")
         return f"{self.stage}@{group}" if group else self.stage
 
@@ -75,21 +72,15 @@ class StageHooks(Hooks):
     def network(self, job: NetworkJob) -> Iterator[Fit]:
         import keras
 
-        from hmoe import tracking
         from hmoe.distribute import training_scope
         from hmoe.recipe import TrainingDiverged
         from hmoe.resume import completed_epochs
 
-        run = self._run_name(job)
+        run = self.run_name(job)
         backup = paths.BACKUPS / backup_key(run, self.resume_inputs(run, job))
         resumed_at = completed_epochs(backup)
-        with (
-            tracked(run, self.params, self.splits),
-            training_scope(self.params.train.distribute) as replicas,
-        ):
-            tracking.log_param("replicas", replicas)
+        with training_scope(self.params.train.distribute) as replicas:
             if resumed_at:
-                tracking.set_tag("resumed_from_epoch", resumed_at)
                 logger.info("%s: resuming after epoch %d from %s", run, resumed_at, backup)
             # The epochs' log lives with the backup until the end: DVC deletes a stage's
             # outputs before it reruns the stage, which would lose a killed attempt's rows.
@@ -98,11 +89,10 @@ class StageHooks(Hooks):
             if not resumed_at:
                 epoch_log.unlink(missing_ok=True)
             callbacks = [
-                tracking.EpochLogger(),
                 keras.callbacks.CSVLogger(str(epoch_log), append=bool(resumed_at)),
                 keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False),
             ]
-            self._backup, self._resumed_at, self._start = backup, resumed_at, time.perf_counter()
+            self._backup, self.resumed_at, self.replicas = backup, resumed_at, replicas
             try:
                 yield Fit(callbacks, backup / "state")
             except TrainingDiverged as err:
@@ -111,10 +101,9 @@ class StageHooks(Hooks):
         shutil.rmtree(backup, ignore_errors=True)
 
     def finished(self, job: NetworkJob, model: Any, summary: dict[str, Any]) -> dict[str, Any]:
-        """Summary from the epoch log (every attempt's epochs), then save, log, register."""
+        """Summary from the epoch log (every attempt's epochs), then the atomic save."""
         import pandas as pd
 
-        from hmoe import registry, tracking
         from hmoe.recipe import summarise_history
 
         out = self.outputs[job.name]
@@ -122,17 +111,9 @@ class StageHooks(Hooks):
         epochs = pd.read_csv(epoch_log)
         atomic_write(out.history, lambda tmp: shutil.copyfile(epoch_log, tmp))
         summary = summarise_history(epochs.to_dict("list"), monitor="val_accuracy", mode="max")
-        fit_s = time.perf_counter() - self._start
-        images = job.n_train * (summary["epochs_run"] - self._resumed_at)
-        # timings go to MLflow only: a DVC metric would differ between identical models
-        tracking.log_metrics({"fit_s": fit_s, "train_images_per_s": images / fit_s})
         save_model(model, out.model_path)
         if out.metrics is not None:
             write_json(out.metrics, summary)
-        tracking.log_metrics({f"final_{k}": float(v) for k, v in summary.items()})
-        if self.params.mlflow.register:
-            example = self.splits["val"].x[:4]
-            registry.log_keras_model(model, out.registered_name, example, out.model_path)
         return summary
 
     def resume_inputs(self, run: str, job: NetworkJob) -> dict[str, Any]:

@@ -8,6 +8,10 @@ rerun after editing params.yaml gets a new parent while a rerun of the same inpu
 after a crash continues under the crashed one. The evaluate stage finishes it.
 A stage interrupted by Ctrl-C or SIGTERM is marked KILLED, one that raised FAILED;
 a stage killed outright (SIGKILL) is marked KILLED by its rerun, which names it.
+
+This module imports nothing from the pipeline (tests/unit/test_import_graph.py): what
+it logs is passed in by the stage's observer (:mod:`hmoe.observer`), so editing it can
+change no output and it is in no stage's DVC deps.
 """
 
 from __future__ import annotations
@@ -27,8 +31,6 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from hmoe import paths
-
 logger = logging.getLogger(__name__)
 
 PIPELINE_TAG = "hmoe_pipeline"
@@ -36,17 +38,28 @@ ROLE_TAG = "hmoe_role"
 STAGE_TAG = "hmoe_stage"
 
 
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else an absolute SQLite store at the repo root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.repo_root() / 'mlflow.db'}"
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer; the message names it and what to do."""
 
 
-def artifact_location() -> str | None:
+def _root(root: Path | None) -> Path:
+    """Where a local store lives: the caller's repository root (the pipeline passes
+    DVC's, also from a queued experiment's temporary copy), else the current folder.
+    """
+    return Path(root if root is not None else Path.cwd()).resolve()
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set, else an absolute SQLite store at ``root``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{_root(root) / 'mlflow.db'}"
+
+
+def artifact_location(root: Path | None = None) -> str | None:
     """Artifacts beside a local store; None lets a tracking server decide."""
-    uri = tracking_uri()
+    uri = tracking_uri(root)
     if uri.startswith(("http://", "https://", "databricks")):
         return None
-    return (paths.repo_root() / "mlartifacts").as_uri()
+    return (_root(root) / "mlartifacts").as_uri()
 
 
 def git_commit() -> str:
@@ -87,22 +100,23 @@ def inputs_digest() -> str:
     return digest.hexdigest()[:8]
 
 
-def setup(experiment: str) -> str:
-    """Point MLflow at the store and experiment; return the experiment id.
+def setup(experiment: str, root: Path | None = None) -> str:
+    """Point MLflow at the store (at ``root``, see :func:`tracking_uri`) and the
+    experiment; return the experiment id.
 
     On the default SQLite store, queued experiments running in parallel (`dvc queue
     start -j N`) would create its schema, or the experiment, at the same moment and
     one would fail (an alembic migration race): a file lock beside the database
     makes them take turns.
     """
-    uri = tracking_uri()
+    uri = tracking_uri(root)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):
         client = MlflowClient()
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            exp_id = client.create_experiment(experiment, artifact_location=artifact_location())
+            exp_id = client.create_experiment(experiment, artifact_location=artifact_location(root))
         else:
             exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
@@ -129,13 +143,11 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     import urllib.error
     import urllib.request
 
-    from hmoe.edge import StageError
-
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise StageError(
+        raise TrackingUnavailable(
             f"the MLflow tracking server {masked(uri)} does not answer ({reason}); start it "
             "(see docs/team.md) or unset MLFLOW_TRACKING_URI to use the local mlflow.db"
         ) from None
@@ -208,10 +220,14 @@ def finish_parent(
 
 @contextlib.contextmanager
 def stage_run(
-    stage: str, experiment: str, params: Mapping[str, Any], data_digest: str | None = None
+    stage: str,
+    experiment: str,
+    params: Mapping[str, Any],
+    data_digest: str | None = None,
+    root: Path | None = None,
 ) -> Iterator[tuple[mlflow.ActiveRun, str]]:
     """A child run for one stage; yields (run, parent run id); logs wall time."""
-    exp_id = setup(experiment)
+    exp_id = setup(experiment, root)
     parent = find_or_create_parent(exp_id)
     tags = {**common_tags(), ROLE_TAG: "stage", STAGE_TAG: stage}
     if data_digest:
@@ -270,13 +286,11 @@ def log_dataset(context: str, x: np.ndarray, y: np.ndarray, source: Path, digest
     mlflow.log_input(dataset, context=context)
 
 
-def log_runtime(jit_setting: bool | str) -> None:
+def log_runtime(backend: str, policy: str, compiled: bool) -> None:
     """How the stage actually ran: Keras backend, dtype policy, compiled or not."""
-    from hmoe.runtime import resolve_jit
-
-    mlflow.log_param("keras_backend", keras.backend.backend())
-    mlflow.log_param("precision_used", keras.mixed_precision.global_policy().name)
-    mlflow.log_param("jit_compile_used", resolve_jit(jit_setting)[0])
+    mlflow.log_param("keras_backend", backend)
+    mlflow.log_param("precision_used", policy)
+    mlflow.log_param("jit_compile_used", compiled)
 
 
 def log_param(key: str, value: Any) -> None:
@@ -298,16 +312,6 @@ def log_dict(payload: Mapping[str, Any], name: str) -> None:
 def log_artifacts(files: Sequence[Path]) -> None:
     for f in files:
         mlflow.log_artifact(str(f))
-
-
-def log_evaluation(best_control: str, y: np.ndarray, pred: np.ndarray, groups) -> None:
-    """The evaluate run's tag and confusion matrix (classes x classes, rows true)."""
-    from hmoe.metrics import confusion
-
-    classes = list(groups.classes)
-    mlflow.set_tag("best_control", best_control)
-    cm = confusion(y, pred, len(classes))
-    mlflow.log_dict({"classes": classes, "matrix": cm.tolist()}, "confusion.json")
 
 
 def stage_wall_times(parent_id: str) -> dict[str, float]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from hmoe import edge, modelset, paths, runtime
+from hmoe import edge, modelset, observer, paths, runtime
 from hmoe.data.storage import write_json
 from hmoe.steps.groups import learn_groups
 
@@ -17,16 +17,14 @@ logger = logging.getLogger("hmoe.groups")
 def main() -> None:
     params = runtime.init(STAGE)
     splits, base = {}, None
-    if params.groups is None:  # auto: the base's confusions on val
+    if params.learned_groups:  # groups: N, from the base's confusions on val
         splits = {"val": edge.read_split("val")}
         base = modelset.load_model(paths.BASE_MODEL)
-    with edge.tracked(STAGE, params, splits):
-        from hmoe import tracking
-
+    with observer.stage(STAGE, params, splits) as run:
         val = splits["val"].arrays if splits else ()
         _, record = learn_groups(params, base, val)
         write_json(paths.GROUPS, record)
-        tracking.log_dict(record, "groups.json")
+        run.log_dict(record, "groups.json")
     logger.info("groups (%s): %s", record["source"], record["groups"])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from hmoe import edge, paths
+from hmoe import edge, observer, paths
 from hmoe.data import load_source, save_split
 from hmoe.data.storage import write_json
 from hmoe.steps.data import prepare
@@ -24,11 +24,9 @@ def main() -> None:
         logger.info("prepare: %s split %d images -> %s", name, len(x), path)
     write_json(paths.DATA_REPORT, prepared.report)
     logged = {k: splits[k] for k in ("train", "gate", "val")}  # test: evaluate's alone
-    with edge.tracked(STAGE, params, logged):
-        from hmoe import tracking
-
-        tracking.log_metrics({f"{k}_images": v for k, v in prepared.report["sizes"].items()})
-        tracking.log_dict(prepared.report, "data.json")
+    with observer.stage(STAGE, params, logged) as run:
+        run.log_metrics({f"{k}_images": v for k, v in prepared.report["sizes"].items()})
+        run.log_dict(prepared.report, "data.json")
 
 
 if __name__ == "__main__":

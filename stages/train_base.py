@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hmoe import edge, modelset, paths, runtime, stage_hooks
+from hmoe import edge, modelset, observer, paths, runtime, stage_hooks
 from hmoe.steps.experts import train_base
 
 STAGE = "train_base"
@@ -12,6 +12,7 @@ def main() -> None:
     params = runtime.init(STAGE)
     splits = {name: edge.read_split(name) for name in ("train", "val")}
     hooks = stage_hooks.one_network(STAGE, params, "base", paths.BASE_MODEL, modelset.BASE, splits)
+    hooks = observer.watch(hooks)
     train_base(params, splits["train"].arrays, splits["val"].arrays, hooks=hooks)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import keras
 
-from hmoe import edge, modelset, paths, runtime
+from hmoe import edge, modelset, observer, paths, runtime
 from hmoe.data.storage import write_json
 from hmoe.gates import GateInput
 from hmoe.mixture import load_mixture
@@ -35,28 +35,19 @@ def main() -> None:
     )
     reports = paths.stage_reports(STAGE)
     reports.mkdir(parents=True, exist_ok=True)
-    with edge.tracked(STAGE, params, logged | {"val": splits["val"]}):
-        from hmoe import registry, tracking
-
+    with observer.stage(STAGE, params, logged | {"val": splits["val"]}) as run:
+        epoch_log = keras.callbacks.CSVLogger(str(reports / "history.csv"))
+        callbacks = [*run.callbacks(), epoch_log]
         trained = train_gates(
-            params,
-            groups,
-            experts,
-            fit,
-            splits["val"].arrays,
-            callbacks=[
-                tracking.EpochLogger(),
-                keras.callbacks.CSVLogger(str(reports / "history.csv")),
-            ],
+            params, groups, experts, fit, splits["val"].arrays, callbacks=callbacks
         )
         for g, gate in zip(groups.names, trained.gates, strict=True):
             edge.save_model(gate, paths.gate_model(g))
         write_json(reports / "metrics.json", trained.summary)
-        tracking.log_metrics({f"final_{k}": v for k, v in trained.summary.items()})
-        if params.mlflow.register:
-            for i, (g, gate) in enumerate(zip(groups.names, trained.gates, strict=True)):
-                example = trained.val_outputs.for_gate(i, seen)[:4]
-                registry.log_keras_model(gate, modelset.gate_name(g), example, paths.gate_model(g))
+        run.log_metrics({f"final_{k}": v for k, v in trained.summary.items()})
+        for i, (g, gate) in enumerate(zip(groups.names, trained.gates, strict=True)):
+            example = trained.val_outputs.for_gate(i, seen)[:4]
+            run.register_network(gate, modelset.gate_name(g), example, paths.gate_model(g))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ By default a head on the frozen base trunk (`router.freeze_trunk`): one cheap pa
 
 from __future__ import annotations
 
-from hmoe import edge, modelset, paths, runtime, stage_hooks
+from hmoe import edge, modelset, observer, paths, runtime, stage_hooks
 from hmoe.steps.experts import train_router
 
 STAGE = "train_router"
@@ -19,6 +19,7 @@ def main() -> None:
     hooks = stage_hooks.one_network(
         STAGE, params, "router", paths.ROUTER_MODEL, modelset.ROUTER, splits
     )
+    hooks = observer.watch(hooks)
     train_router(
         params, groups, splits["train"].arrays, splits["val"].arrays, base=base, hooks=hooks
     )

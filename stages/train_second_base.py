@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from hmoe import edge, modelset, paths, runtime, stage_hooks
+from hmoe import edge, modelset, observer, paths, runtime, stage_hooks
 from hmoe.data.storage import write_json
 from hmoe.steps.experts import train_base
 
@@ -30,8 +30,10 @@ def main() -> None:
         logger.info("second base not asked for (controls.second_base: false)")
         return
     splits = {name: edge.read_split(name) for name in ("train", "val")}
-    hooks = stage_hooks.one_network(
-        STAGE, params, "second_base", paths.SECOND_BASE_MODEL, modelset.SECOND_BASE, splits
+    hooks = observer.watch(
+        stage_hooks.one_network(
+            STAGE, params, "second_base", paths.SECOND_BASE_MODEL, modelset.SECOND_BASE, splits
+        )
     )
     train_base(params, splits["train"].arrays, splits["val"].arrays, hooks=hooks, second=True)
 

@@ -8,7 +8,7 @@ metrics file with a section per group.
 
 from __future__ import annotations
 
-from hmoe import edge, modelset, paths, runtime, stage_hooks
+from hmoe import edge, modelset, observer, paths, runtime, stage_hooks
 from hmoe.data.storage import write_json
 from hmoe.steps.experts import train_specialist
 
@@ -28,7 +28,7 @@ def main() -> None:
         )
         for g in groups.names
     }
-    hooks = stage_hooks.StageHooks(STAGE, params, outputs, splits)
+    hooks = observer.watch(stage_hooks.StageHooks(STAGE, params, outputs, splits))
     summaries = {}
     for g in groups.names:
         spec = params.specialists

@@ -11,7 +11,7 @@ import shutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hmoe import edge, modelset, paths
+from hmoe import edge, modelset, observer, paths
 from hmoe.data import save_split
 from hmoe.edge import StageError
 from hmoe.params import load_params
@@ -39,7 +39,7 @@ def test_nan_loss_stops_the_stage_and_names_the_learning_rate(tmp_path, monkeypa
     out = NetworkOutput(
         paths.BASE_MODEL, modelset.BASE, reports / "history.csv", reports / "metrics.json"
     )
-    hooks = StageHooks("train_base", p, {"base": out}, splits)
+    hooks = observer.watch(StageHooks("train_base", p, {"base": out}, splits))
     with pytest.raises(StageError, match=r"became NaN.*`base\.learning_rate`"):
         train_base(p, splits["train"].arrays, splits["val"].arrays, hooks=hooks)
     assert not paths.BASE_MODEL.exists()

@@ -1,7 +1,8 @@
-"""The MLflow code decides no output, which is why hmoe/tracking.py and
-hmoe/registry.py are in no stage's DVC deps: the base trained by its stage's hooks
-(a real MLflow store: runs, per-epoch metrics, datasets, registration, plus the
-backup and epoch log) has exactly the weights of the same step with no hooks at all.
+"""The MLflow code decides no output, which is why hmoe/tracking.py, hmoe/registry.py
+and hmoe/observer.py are in no stage's DVC deps: the base trained by its stage's hooks
+under the observer (a real MLflow store: runs, per-epoch metrics, datasets,
+registration, plus the backup and epoch log) has exactly the weights of the same step
+with no hooks at all.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from hmoe import edge, modelset, paths, stage_hooks
+from hmoe import edge, modelset, observer, paths, stage_hooks
 from hmoe.params import load_params
 from hmoe.steps.experts import train_base
 from tests.conftest import ROOT
@@ -47,7 +48,7 @@ def test_tracked_stage_trains_the_same_weights_as_the_bare_step(tmp_path, monkey
     out = stage_hooks.NetworkOutput(
         paths.BASE_MODEL, modelset.BASE, reports / "history.csv", reports / "metrics.json"
     )
-    hooks = stage_hooks.StageHooks("train_base", p, {"base": out}, splits)
+    hooks = observer.watch(stage_hooks.StageHooks("train_base", p, {"base": out}, splits))
     tracked = train_base(p, train, val, hooks=hooks).model
 
     assert paths.BASE_MODEL.is_file() and (tmp_path / "mlflow.db").is_file()

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from hmoe import edge, paths, runtime, tracking
+from hmoe import edge, observer, paths, runtime, tracking
 from hmoe.data import save_split
 from hmoe.data.storage import file_md5
 from hmoe.params import ParamsError, load_params, parse_params
@@ -102,10 +102,10 @@ def test_tracked_stage_logs_params_and_split_datasets(monkeypatch, tmp_path, par
     save_split(paths.TRAIN, rng.integers(0, 255, (20, 32, 32, 3), np.uint8), np.arange(20) % 10)
     train = edge.read_split("train")
     assert train.path == paths.TRAIN and len(train.y) == 20
-    with edge.tracked("train_base", params, {"train": train}) as parent:
+    with observer.stage("train_base", params, {"train": train}) as stage_run:
         run_id = tracking.mlflow.active_run().info.run_id
     run = MlflowClient().get_run(run_id)
-    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.tags["mlflow.parentRunId"] == stage_run.parent
     assert run.data.params["base.epochs"] == str(params.base.epochs)
     assert run.data.params["precision_used"] == "float32"
     (inp,) = run.inputs.dataset_inputs

@@ -1,10 +1,14 @@
-"""The champion rule, on a real MLflow registry (SQLite in a temp dir)."""
+"""The champion rule and lineage links, on a real MLflow registry (SQLite in a temp dir).
+
+The registry knows no pipeline names: any registered model name works."""
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from hmoe import registry
+
+NAME = "hmoe-mixture"
 
 
 def test_decide_promotes_only_strict_improvements():
@@ -20,32 +24,43 @@ def client(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     c = MlflowClient()
-    c.create_registered_model(registry.MIXTURE)
+    c.create_registered_model(NAME)
     return c
 
 
 def _new_version(client, tmp_path) -> str:
-    return client.create_model_version(registry.MIXTURE, source=str(tmp_path)).version
+    return client.create_model_version(NAME, source=str(tmp_path)).version
 
 
 def test_champion_alias_follows_val_accuracy(client, tmp_path):
     v1 = _new_version(client, tmp_path)
-    assert registry.apply_champion_rule(v1, 0.80, "split-a").promote
+    assert registry.apply_champion_rule(NAME, v1, 0.80, "split-a").promote
     v2 = _new_version(client, tmp_path)
-    assert not registry.apply_champion_rule(v2, 0.79, "split-a").promote
-    assert "challenger" in client.get_model_version(registry.MIXTURE, v2).tags
-    assert client.get_model_version_by_alias(registry.MIXTURE, "champion").version == v1
+    assert not registry.apply_champion_rule(NAME, v2, 0.79, "split-a").promote
+    assert "challenger" in client.get_model_version(NAME, v2).tags
+    assert client.get_model_version_by_alias(NAME, "champion").version == v1
     v3 = _new_version(client, tmp_path)
-    d = registry.apply_champion_rule(v3, 0.85, "split-a")
+    d = registry.apply_champion_rule(NAME, v3, 0.85, "split-a")
     assert d.promote and d.champion_version == v1 and d.champion_val == pytest.approx(0.80)
-    assert client.get_model_version_by_alias(registry.MIXTURE, "champion").version == v3
+    assert client.get_model_version_by_alias(NAME, "champion").version == v3
 
 
 def test_champion_scored_on_another_split_is_not_compared(client, tmp_path):
     v1 = _new_version(client, tmp_path)
-    assert registry.apply_champion_rule(v1, 0.80, "split-a").promote
+    assert registry.apply_champion_rule(NAME, v1, 0.80, "split-a").promote
     v2 = _new_version(client, tmp_path)
-    d = registry.apply_champion_rule(v2, 0.99, "split-b")  # better, but on other images
+    d = registry.apply_champion_rule(NAME, v2, 0.99, "split-b")  # better, but on other images
     assert not d.promote and "another validation split" in d.reason
-    assert client.get_model_version_by_alias(registry.MIXTURE, "champion").version == v1
-    assert client.get_model_version(registry.MIXTURE, v2).tags["split_digest"] == "split-b"
+    assert client.get_model_version_by_alias(NAME, "champion").version == v1
+    assert client.get_model_version(NAME, v2).tags["split_digest"] == "split-b"
+
+
+def test_lineage_links_the_version_whose_md5_is_the_output(client, tmp_path):
+    old, new = _new_version(client, tmp_path), _new_version(client, tmp_path)
+    registry.tag_version(NAME, old, {"dvc_md5": "aaa"})
+    registry.tag_version(NAME, new, {"dvc_md5": "bbb"})
+    parent = client.create_run(client.create_experiment("t")).info.run_id
+    registry.link_lineage(parent, {NAME: "aaa", "hmoe-unregistered": "ccc"})
+    tags = client.get_run(parent).data.tags
+    assert tags[f"model_version.{NAME}"] == str(old)
+    assert not any("hmoe-unregistered" in k for k in tags)

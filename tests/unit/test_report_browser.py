@@ -90,5 +90,5 @@ def test_report_renders_in_headless_chromium_with_every_figure_loaded(report):
     assert all(ok for _, ok in images), images
     assert headings[0] == "Provenance" and "Results (test split)" in headings
     assert "abc123" in tables[0] and "AMD EPYC" in tables[0]
-    assert any("mixture" in t and "0.7000" in t for t in tables)
+    assert any("mixture" in t and "70.00 %" in t for t in tables)
     assert (report.parent / "screenshot.png").stat().st_size > 10_000

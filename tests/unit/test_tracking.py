@@ -13,8 +13,10 @@ def test_default_store_is_absolute_at_dvc_root(monkeypatch, tmp_path):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path.parent)  # e.g. a queued run's temporary copy elsewhere
     assert paths.repo_root() == tmp_path.resolve()
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert tracking.artifact_location() == (tmp_path.resolve() / "mlartifacts").as_uri()
+    root = paths.repo_root()  # the observer passes it: tracking knows no pipeline paths
+    assert tracking.tracking_uri(root) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert tracking.artifact_location(root) == (tmp_path.resolve() / "mlartifacts").as_uri()
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.parent.resolve()}/mlflow.db"
 
 
 def test_env_uri_wins(monkeypatch):
@@ -81,14 +83,12 @@ def test_unreachable_tracking_server_fails_fast_with_the_masked_uri():
     import socket
     import time
 
-    from hmoe.edge import StageError
-
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     uri = f"http://alice:s3cret@127.0.0.1:{port}"
     start = time.monotonic()
-    with pytest.raises(StageError) as err:
+    with pytest.raises(tracking.TrackingUnavailable) as err:
         tracking.check_reachable(uri)
     assert time.monotonic() - start < 10
     assert f"alice:***@127.0.0.1:{port}" in str(err.value)

@@ -1,0 +1,99 @@
+"""The hmoe package imports in one direction, and MLflow code knows no pipeline code.
+
+Every module under hmoe/ is parsed with ``ast``; an edge is any import of another hmoe
+module, at module level or inside a function (a function-level import is still a
+dependency, only a later one). A cycle means two modules can only be understood, and
+changed, together; an MLflow module that imported pipeline code could make an output
+depend on how runs are logged (tests/unit/test_dvc_deps.py keeps it out of DVC's deps).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PACKAGE = ROOT / "hmoe"
+# Modules that only observe: values flow in as arguments, nothing flows back.
+NO_PIPELINE_IMPORTS = ("hmoe.tracking", "hmoe.registry")
+
+
+def module_name(file: Path) -> str:
+    parts = file.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(f): f for f in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imported(file: Path, known: set[str]) -> set[str]:
+    """The hmoe modules ``file`` imports anywhere in its body (``from a import b``
+    names module ``a.b`` when that is a module, else ``a``).
+    """
+    name = module_name(file)
+    package = name if file.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            subs = {f"{base}.{alias.name}" for alias in node.names} & known
+            found |= subs or {base}
+    return {m for m in found if m in known and m != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = modules()
+    return {name: imported(file, set(files)) for name, file in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle as a path (first module repeated at the end), or []."""
+    state: dict[str, str] = {}  # "open" while on the DFS stack, "done" after
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = "done"
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return []
+
+
+def test_the_graph_sees_module_and_function_level_imports():
+    graph = import_graph()
+    assert "hmoe.params" in graph["hmoe.recipe"]  # module level
+    assert "hmoe.recipe" in graph["hmoe.modelset"]  # inside load_model
+    assert "hmoe.data.constants" in graph["hmoe.data.storage"]  # within a subpackage
+
+
+def test_find_cycle_names_the_modules_in_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_hmoe_has_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_tracking_and_registry_import_no_hmoe_module():
+    graph = import_graph()
+    for name in NO_PIPELINE_IMPORTS:
+        assert not graph[name], f"{name} imports {sorted(graph[name])}: pass values in instead"
