@@ -58,7 +58,7 @@ def main() -> None:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(args.precision)
     keras.utils.set_random_seed(0)
-    cfg = dataclasses.replace(p.base, epochs=args.epochs, patience=args.epochs)
+    cfg = dataclasses.replace(p.base, epochs=args.epochs)
     arch = p.net if args.width is None else dataclasses.replace(p.net, width=args.width)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)

@@ -16,8 +16,21 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from hmoe.layers import PACKAGE
 from hmoe.params import GATE_INPUTS, GateParams
-from hmoe.recipe import PACKAGE, cosine
+
+
+def cosine(learning_rate: float, steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The gates' schedule: linear warm-up over the first 15 % of steps, then cosine
+    decay to zero (Adam on a tiny network: no triangle to tune).
+    """
+    warmup = max(1, int(0.15 * steps))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=learning_rate / 10,
+        decay_steps=max(1, steps - warmup),
+        warmup_target=learning_rate,
+        warmup_steps=warmup,
+    )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from hmoe.data.constants import CIFAR10_CLASSES
 
-AUTO = "auto"  # `groups: auto`: learned from the base's confusions (hmoe.grouping)
+AUTO = "auto"  # the old spelling of `groups: N` (learned), refused with the new one
 
 
 class GroupsError(ValueError):
@@ -33,7 +33,7 @@ class Groups:
         """Validate a mapping group name -> class names (every group >= 2 classes)."""
         fix = (
             "give a mapping group name -> list of class names, e.g. artificial: "
-            f"[airplane, ship], or `groups: {AUTO}`"
+            "[airplane, ship], or `groups: N` to learn N groups"
         )
         if not isinstance(raw, Mapping) or len(raw) < 2:
             raise GroupsError(f"`groups` needs at least 2 groups; {fix}")

@@ -32,3 +32,15 @@ def specialist_accuracy(
     """Accuracy of a specialist on the images of its own group only."""
     mask = np.isin(y, class_ids)
     return accuracy(spec_embedded[mask], y[mask])
+
+
+def summarise_history(history: dict[str, list[float]], *, monitor: str, mode: str) -> dict:
+    """The best epoch's figures: ``monitor`` at its best, which epoch, how many ran."""
+    values = history[monitor]
+    best = int(np.argmax(values) if mode == "max" else np.argmin(values))
+    return {
+        monitor: float(values[best]),
+        "best_epoch": best + 1,
+        "epochs_run": len(values),
+        **({"val_loss": float(history["val_loss"][best])} if "val_loss" in history else {}),
+    }

@@ -107,16 +107,14 @@ def group_marginal(base: np.ndarray, groups: Groups) -> np.ndarray:
 
 
 def fuse_routes(router: np.ndarray, marginal: np.ndarray, fusion: str) -> np.ndarray:
-    """The routing distribution (``mixture.router_fusion``): the router's own, its
-    normalised product with the base's group marginal, or the mean of the two. Two
-    classifiers of the group that err on different images correct each other.
+    """The routing distribution (``mixture.router_fusion``): the router's own, or its
+    normalised product with the base's group marginal. Two classifiers of the group
+    that err on different images correct each other.
     """
     if fusion not in FUSIONS:
         raise ValueError(f"router fusion must be one of {FUSIONS}, got {fusion!r}")
     if fusion == "none":
         return router
-    if fusion == "mean":
-        return ((router + marginal) / 2).astype(np.float32)
     joint = router * marginal
     return (joint / np.maximum(joint.sum(axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
@@ -193,7 +191,7 @@ class Mixture:
         """
         import keras
 
-        from hmoe.recipe import TRUNK_OUTPUT
+        from hmoe.layers import TRUNK_OUTPUT
 
         shared = with_router and self.shared_router_head() is not None
         want_features = self.gate_input.needs_features
@@ -310,7 +308,7 @@ def _shared_head(router, base):
     """
     import keras
 
-    from hmoe.recipe import HEAD_LAYERS, TRUNK_OUTPUT
+    from hmoe.layers import HEAD_LAYERS, TRUNK_OUTPUT
 
     if not hasattr(router, "get_layer") or not hasattr(base, "get_layer"):
         return None

@@ -35,51 +35,66 @@ class DataParams:
 
 @dataclass(frozen=True)
 class NetArch:
-    """Architecture shared by base, specialists and router (so trunks can be copied)."""
+    """Architecture shared by base, specialists and router (so trunks can be copied).
+
+    The patch-whitening first layer and identity-initialised convolutions are always on
+    (no run ever turned them off); these are the numbers a sweep might move.
+    """
 
     width: int  # channels of the first conv group; the others have 2 x width
-    whiten: bool  # frozen 2x2 patch-whitening first layer (else a trained 2x2 conv)
-    dirac: bool  # identity-initialised convolutions
     bn_bias_lr: float  # learning-rate multiplier of the BatchNorm biases
     bn_momentum: float  # Keras convention: weight of the old moving statistics
     logit_scale: float  # logits are multiplied by this before the softmax
 
 
 @dataclass(frozen=True)
-class NetParams:
-    """Training recipe of one network (base, specialists, router)."""
+class RecipeParams:
+    """The `recipe` section: the training hyperparameters every network shares, once
+    (as airbench94 keeps one ``hyp``); a network's section overrides any of them.
+    """
 
-    epochs: int
     batch_size: int
-    optimizer: str  # sgd (Nesterov) or adamw
-    schedule: str  # triangle or cosine
-    learning_rate: float  # peak, for the mean loss over a batch
-    momentum: float  # sgd only
+    learning_rate: float  # peak of the triangular schedule, for the mean loss of a batch
+    momentum: float  # Nesterov SGD
     weight_decay: float  # decoupled: each step multiplies weights by 1 - lr * weight_decay
     label_smoothing: float
-    patience: int
-    augment: bool  # random flip + translation
-    translate: int  # pixels of random translation (reflect padding)
-    lookahead: bool  # airbench's lookahead weight averaging
-    init_from_base: bool
-    freeze_trunk: bool  # train only the head (needs init_from_base)
+    translate: int  # pixels of random translation (reflect padding), with random flips
+    lookahead: bool  # airbench's lookahead weight averaging (from the third epoch on)
+
+
+RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(RecipeParams))
+STARTS = ("scratch", "base", "head")  # how a network starts: see NetParams.start
+
+
+@dataclass(frozen=True)
+class NetParams(RecipeParams):
+    """One network's effective recipe: the `recipe` section with the network's own
+    overrides applied, its epochs, and how it starts.
+    """
+
+    epochs: int
+    # scratch: own initialisation; base: a copy of the trained base, every layer
+    # trained; head: a new head on the base's frozen trunk (only the head trains)
+    start: str
+
+    @property
+    def init_from_base(self) -> bool:
+        return self.start != "scratch"
+
+    @property
+    def freeze_trunk(self) -> bool:
+        return self.start == "head"
 
 
 @dataclass(frozen=True)
 class SpecialistParams(NetParams):
-    """A specialist's recipe: a network's, plus its width, other-images share and
-    distillation (the levers of Hinton et al. 2015).
-    """
+    """A specialist's recipe plus the levers of Hinton et al. (2015)."""
 
-    width: int | None  # null: net.width (required when init_from_base)
     # Also train on this share (x the group's images) of other groups' images,
     # labelled with one extra "dustbin" output. 0: no dustbin.
     dustbin: float
-    # From scratch, train with `base`'s recipe (epochs, optimizer, schedule, ...) or
-    # this section's own (the fine-tuning recipe when init_from_base).
-    scratch_recipe: str
     distill: float  # share of the base's soft targets in every training target; 0: off
-    temperature: float  # softens the base's targets: p ** (1 / T), renormalised
+    temperature: float | None  # softens the base's targets (p ** (1 / T)); only with distill
 
 
 @dataclass(frozen=True)
@@ -91,11 +106,6 @@ class GateParams:
     patience: int
     inputs: str  # probs (the experts' outputs), features (the base trunk's), or both
     fit_on: str  # gate (held out from every expert: the default) or train (in-sample control)
-
-
-@dataclass(frozen=True)
-class GroupingParams:
-    count: int  # number of groups that `groups: auto` discovers
 
 
 @dataclass(frozen=True)
@@ -132,9 +142,9 @@ class MlflowParams:
 class Params:
     seed: int
     data: DataParams
-    groups: Groups | None  # None: `groups: auto`, discovered by the `groups` stage
-    grouping: GroupingParams
+    groups: Groups | int  # an int N: N groups learned by the `groups` stage
     net: NetArch
+    recipe: RecipeParams
     base: NetParams
     specialists: SpecialistParams
     router: NetParams
@@ -144,24 +154,30 @@ class Params:
     train: TrainParams
     mlflow: MlflowParams
 
+    @property
+    def learned_groups(self) -> int | None:
+        """How many groups the `groups` stage learns, or None for an explicit partition."""
+        return self.groups if isinstance(self.groups, int) else None
+
 
 ROUTINGS = ("hard", "soft")
-FUSIONS = ("none", "product", "mean")  # mixture.router_fusion
+FUSIONS = ("none", "product")  # mixture.router_fusion
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("triangle", "cosine")
 TTA_LEVELS = (0, 1, 2)
 DISTRIBUTE = ("auto", "none", "mirrored")  # train.distribute, see hmoe.distribute
 GATE_INPUTS = ("probs", "features", "both")
 GATE_FIT = ("gate", "train")
-SCRATCH_RECIPES = ("base", "own")  # specialists.scratch_recipe
+# The network sections: the keys of their own (beyond any recipe override), and how the
+# network starts when the section does not say (the base is always trained first).
+NETWORKS = {
+    "base": ("epochs",),
+    "specialists": ("epochs", "start", "dustbin", "distill", "temperature"),
+    "router": ("epochs", "start"),
+}
 _SECTIONS = {
     "data": DataParams,
-    "grouping": GroupingParams,
     "net": NetArch,
-    "base": NetParams,
-    "specialists": SpecialistParams,
-    "router": NetParams,
+    "recipe": RecipeParams,
     "gates": GateParams,
     "controls": ControlsParams,
     "mixture": MixtureParams,
@@ -183,16 +199,54 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     """Validate a params mapping (the parsed YAML) into frozen objects."""
     if not isinstance(raw, Mapping):
         raise ParamsError("params.yaml must be a mapping of sections")
-    allowed = {"seed", "groups", *_SECTIONS}
+    allowed = {"seed", "groups", *_SECTIONS, *NETWORKS}
     _reject_unknown(raw, allowed, where="")
-    for required in ("seed", "groups"):
+    for required in ("seed", "groups", *NETWORKS):
         if required not in raw:
             raise ParamsError(f"missing key `{required}` in params.yaml")
     sections = {name: _section(raw.get(name, {}), cls, name) for name, cls in _SECTIONS.items()}
-    groups = None if raw["groups"] == AUTO_GROUPS else parse_groups(raw["groups"])
-    params = Params(seed=_int(raw["seed"], "seed"), groups=groups, **sections)
+    _check_recipe("recipe", sections["recipe"])  # named as `recipe.*` before any network's
+    nets = {name: _network(raw[name], name, sections["recipe"]) for name in NETWORKS}
+    params = Params(
+        seed=_int(raw["seed"], "seed"), groups=_groups(raw["groups"]), **sections, **nets
+    )
     _check(params)
     return params
+
+
+def _groups(raw: Any) -> Groups | int:
+    """A partition (mapping), or an integer: that many groups, learned."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        max_groups = len(CIFAR10_CLASSES) // 2  # every group needs two classes
+        if not 2 <= raw <= max_groups:
+            raise ParamsError(f"`groups` to learn must be in 2..{max_groups}, got {raw}")
+        return raw
+    if raw == AUTO_GROUPS:
+        raise ParamsError("`groups: auto` is now `groups: N`: the number of groups to learn")
+    return parse_groups(raw)
+
+
+def _network(raw: Any, name: str, recipe: RecipeParams) -> NetParams:
+    """A network section resolved against the recipe: its own keys, and any recipe key
+    it overrides. Keys that could not act are refused here (see :func:`_check_network`).
+    """
+    if not isinstance(raw, Mapping):
+        raise ParamsError(f"`{name}` must be a mapping, got {type(raw).__name__}")
+    own = NETWORKS[name]
+    _reject_unknown(raw, {*own, *RECIPE_KEYS}, where=f"{name}.")
+    cls = SpecialistParams if name == "specialists" else NetParams
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = dataclasses.asdict(recipe) | {"start": "scratch"}
+    if name == "specialists":
+        values |= {"dustbin": 0.0, "distill": 0.0, "temperature": None}
+    for key, value in raw.items():
+        hint = float if key == "temperature" else hints[key]
+        values[key] = _coerce(value, hint, f"{name}.{key}")
+    if "epochs" not in raw:
+        raise ParamsError(f"missing key `{name}.epochs` in params.yaml")
+    net = cls(**values)
+    _check_network(name, net)
+    return net
 
 
 def _reject_unknown(mapping: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -232,8 +286,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, bool) or value == "auto":
             return value
         raise ParamsError(f"`{key}` must be auto, true or false, got {value!r}")
-    if hint == int | None:
-        return None if value is None else _int(value, key)
+    if hint in (int | None, float | None):  # optional: null, else the number
+        return None if value is None else _coerce(value, hint.__args__[0], key)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ParamsError(f"`{key}` must be a number, got {value!r}")
@@ -259,17 +313,12 @@ def parse_groups(raw: Any) -> Groups:
 
 def _check(p: Params) -> None:
     """Cross-field rules that types alone cannot express."""
-    for name in ("base", "specialists", "router", "gates"):
-        net = getattr(p, name)
-        for key in ("epochs", "batch_size", "patience"):
-            if getattr(net, key) <= 0:
-                raise ParamsError(f"`{name}.{key}` must be a positive integer")
-        if net.learning_rate <= 0:
-            raise ParamsError(f"`{name}.learning_rate` must be > 0")
-    for name in ("base", "specialists", "router"):
-        _check_recipe(name, getattr(p, name))
-    if p.base.init_from_base:
-        raise ParamsError("`base.init_from_base` must be false (the base is trained first)")
+    for key in ("epochs", "batch_size", "patience"):
+        if getattr(p.gates, key) <= 0:
+            raise ParamsError(f"`gates.{key}` must be a positive integer")
+    if p.gates.learning_rate <= 0:
+        raise ParamsError("`gates.learning_rate` must be > 0")
+    _check_recipe("recipe", p.recipe)
     _check_arch(p.net)
     for key in ("val_size", "gate_size"):
         if getattr(p.data, key) <= 0:
@@ -280,7 +329,8 @@ def _check(p: Params) -> None:
             f"`data.limit` must be null or larger than `data.val_size` + `data.gate_size` "
             f"({held_out})"
         )
-    _check_mixture_options(p)
+    _one_of(p.gates.inputs, GATE_INPUTS, "gates.inputs")
+    _one_of(p.gates.fit_on, GATE_FIT, "gates.fit_on")
     _one_of(p.mixture.routing, ROUTINGS, "mixture.routing")
     _one_of(p.mixture.tta, TTA_LEVELS, "mixture.tta")
     _one_of(p.mixture.router_fusion, FUSIONS, "mixture.router_fusion")
@@ -292,28 +342,27 @@ def _check(p: Params) -> None:
         raise ParamsError("`mlflow.experiment` must be a non-empty name")
 
 
-def _check_mixture_options(p: Params) -> None:
-    """Groups, specialists and gates options (the hierarchy's own knobs)."""
-    max_groups = len(CIFAR10_CLASSES) // 2  # every group needs two classes
-    if not 2 <= p.grouping.count <= max_groups:
-        raise ParamsError(f"`grouping.count` must be in 2..{max_groups}, got {p.grouping.count}")
-    spec = p.specialists
-    if spec.width is not None and spec.width <= 0:
-        raise ParamsError("`specialists.width` must be null or a positive integer")
-    if spec.init_from_base and spec.width not in (None, p.net.width):
-        raise ParamsError(
-            "`specialists.width` must be null (or net.width) when `specialists.init_from_base` "
-            "is true: the base's layers are copied; set init_from_base: false to change it"
-        )
-    if not 0 <= spec.dustbin <= 1:
+def _check_network(name: str, net: NetParams) -> None:
+    """A network's resolved recipe, and the keys that its other settings would make dead."""
+    if net.epochs <= 0:
+        raise ParamsError(f"`{name}.epochs` must be a positive integer")
+    _one_of(net.start, STARTS, f"{name}.start")
+    _check_recipe(name, net)
+    if not isinstance(net, SpecialistParams):
+        return
+    if not 0 <= net.dustbin <= 1:
         raise ParamsError("`specialists.dustbin` must be in [0, 1] (0: no dustbin output)")
-    _one_of(spec.scratch_recipe, SCRATCH_RECIPES, "specialists.scratch_recipe")
-    if not 0 <= spec.distill <= 1:
+    if not 0 <= net.distill <= 1:
         raise ParamsError("`specialists.distill` must be in [0, 1] (0: hard labels only)")
-    if spec.temperature <= 0:
+    if net.distill == 0 and net.temperature is not None:
+        raise ParamsError(
+            "`specialists.temperature` has no effect while `specialists.distill` is 0: "
+            "remove it, or set distill > 0"
+        )
+    if net.distill > 0 and net.temperature is None:
+        raise ParamsError("`specialists.distill` > 0 needs `specialists.temperature` (e.g. 2.0)")
+    if net.temperature is not None and net.temperature <= 0:
         raise ParamsError("`specialists.temperature` must be > 0")
-    _one_of(p.gates.inputs, GATE_INPUTS, "gates.inputs")
-    _one_of(p.gates.fit_on, GATE_FIT, "gates.fit_on")
 
 
 def _check_arch(arch: NetArch) -> None:
@@ -325,20 +374,17 @@ def _check_arch(arch: NetArch) -> None:
         raise ParamsError("`net.bn_momentum` must be in [0, 1)")
 
 
-def _check_recipe(name: str, net: NetParams) -> None:
-    _one_of(net.optimizer, OPTIMIZERS, f"{name}.optimizer")
-    _one_of(net.schedule, SCHEDULES, f"{name}.schedule")
+def _check_recipe(name: str, net: RecipeParams) -> None:
+    if net.batch_size <= 0:
+        raise ParamsError(f"`{name}.batch_size` must be a positive integer")
+    if net.learning_rate <= 0:
+        raise ParamsError(f"`{name}.learning_rate` must be > 0")
     if not 0 <= net.label_smoothing < 1:
         raise ParamsError(f"`{name}.label_smoothing` must be in [0, 1)")
     if not 0 <= net.momentum < 1:
         raise ParamsError(f"`{name}.momentum` must be in [0, 1)")
     if net.weight_decay < 0 or net.translate < 0:
         raise ParamsError(f"`{name}.weight_decay` and `{name}.translate` must be >= 0")
-    if net.freeze_trunk and not net.init_from_base:
-        raise ParamsError(
-            f"`{name}.freeze_trunk` trains only a head on the base's features, so it needs "
-            f"`{name}.init_from_base: true`"
-        )
 
 
 def _one_of(value: Any, allowed: tuple, key: str) -> None:
@@ -348,8 +394,8 @@ def _one_of(value: Any, allowed: tuple, key: str) -> None:
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted key -> value view of a params object, for logging to MLflow."""
-    if obj is None and prefix == "groups.":
-        return {"groups": AUTO_GROUPS}
+    if isinstance(obj, int) and prefix == "groups.":
+        return {"groups": obj}
     if isinstance(obj, Groups):
         return {f"{prefix}{n}": ",".join(m) for n, m in obj.to_dict().items()}
     if dataclasses.is_dataclass(obj):

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
+DVC_YAML = Path("dvc.yaml")  # the pipeline's one declaration (read by hmoe.pipeline)
 
 PREPARED = Path("data/prepared")
 TRAIN = PREPARED / "train.npz"

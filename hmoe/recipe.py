@@ -1,26 +1,24 @@
-"""The recipe, top to bottom: the network's layers and builder, its optimizer and
-schedule, weight averaging, and the training loop. The numbers live in params.yaml.
+"""The recipe, top to bottom as airbench94 reads: its fixed numbers, the network, the
+optimizer and schedule, weight averaging, and the training loop. The numbers a run may
+move live in params.yaml (`net`, `recipe` and each network's section).
 
 The classifier follows the fast-training literature (airbench94, Page's ResNet-9):
 a frozen 2x2 patch-whitening first layer, three conv groups (conv, max-pool,
 BatchNorm, GELU, conv, BatchNorm, GELU), identity-initialised convolutions,
 BatchNorm without a learnable scale whose bias learns faster, and scaled logits;
 Nesterov SGD with decoupled weight decay on a triangular schedule, label smoothing,
-and lookahead weight averaging. Each piece is switchable through
-:class:`hmoe.params.NetArch` / :class:`hmoe.params.NetParams` for ablations.
+and lookahead weight averaging.
 
 All networks take uint8 images (N, 32, 32, 3), so a saved model is usable as is, and
 use only ``keras.ops``, so they run on the TensorFlow and JAX backends alike. Custom
 layers are registered, so ``keras.saving.load_model(..., safe_mode=True)`` restores
-them without Lambda layers. Pure compute: no files except the resume state a caller
-asks for with ``state_dir`` (:mod:`hmoe.resume`), no tracking.
+them without Lambda layers (:mod:`hmoe.layers`). Pure compute: no files except the
+resume state a caller asks for with ``state_dir`` (:mod:`hmoe.resume`), no tracking.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,171 +26,48 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from hmoe.layers import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    PACKAGE,
+    TRUNK_OUTPUT,
+    PadCropFlip,
+    PartialDirac,
+    PatchWhitening,
+    Scale,
+    ScaledBias,
+    fit_whitening,
+)
 from hmoe.params import NetArch, NetParams
-from hmoe.resume import BestKeeper, EpochBatches, EpochSeeds
+from hmoe.resume import BestKeeper, EpochBatches, EpochSeeds, StopOnNaN
+from hmoe.transfer import copy_trunk, freeze_trunk
 
 logger = logging.getLogger(__name__)
 
-# Per-channel mean and std of the CIFAR-10 training set, on the 0..255 scale.
-CIFAR_MEAN = (125.3, 123.0, 113.9)
-CIFAR_STD = (63.0, 62.1, 66.7)
+# -- the fixed numbers -------------------------------------------------------------
+# airbench94's, which no run of this project has moved (so they are not params: every
+# params.yaml key must change an output in some run, and these stay one value each).
 
-PACKAGE = "hmoe"
-WHITEN_KERNEL = 2
-HEAD_LAYERS = ("logits", "scale_logits", "probs")
-TRUNK_OUTPUT = "features"
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class PadCropFlip(layers.Layer):
-    """Random translation (reflect padding, then crop) plus horizontal flip; training only.
-
-    Written with keras.ops (not tf.image) so it runs on every backend, and per image,
-    so each sample in a batch gets its own shift.
-    """
-
-    def __init__(self, pad: int = 2, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.pad = pad
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, x, training=None):
-        if not training:
-            return x
-        n = ops.shape(x)[0]
-        h, w = x.shape[1], x.shape[2]
-        p = self.pad
-        if p > 0:
-            padded = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
-            dy = keras.random.randint((n, 1), 0, 2 * p + 1, seed=self.seed_generator)
-            dx = keras.random.randint((n, 1), 0, 2 * p + 1, seed=self.seed_generator)
-            rows = ops.expand_dims(ops.expand_dims(dy + ops.arange(h), -1), -1)
-            x = ops.take_along_axis(padded, ops.broadcast_to(rows, (n, h, w + 2 * p, 3)), 1)
-            cols = ops.expand_dims(ops.expand_dims(dx + ops.arange(w), 1), -1)
-            x = ops.take_along_axis(x, ops.broadcast_to(cols, (n, h, w, 3)), 2)
-        flip = keras.random.uniform((n, 1, 1, 1), seed=self.seed_generator) < 0.5
-        return ops.where(flip, ops.flip(x, axis=2), x)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "pad": self.pad, "seed": self.seed}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class PatchWhitening(layers.Layer):
-    """A 2x2 'valid' convolution whose kernel is frozen to whiten image patches.
-
-    Why: decorrelating the input patches (kernel = eigenvectors of the patch covariance
-    scaled by 1/sqrt(eigenvalue), and their negatives) lets the first trained layer
-    learn fast; airbench measures it as the largest single saving in epochs. The kernel
-    is fitted from training images by :func:`fit_whitening`; only the bias trains.
-    """
-
-    def __init__(self, kernel_size: int = WHITEN_KERNEL, **kwargs):
-        super().__init__(**kwargs)
-        self.kernel_size = kernel_size
-        self.filters = 2 * 3 * kernel_size * kernel_size
-
-    def build(self, input_shape):
-        k = self.kernel_size
-        self.kernel = self.add_weight(
-            name="kernel", shape=(k, k, 3, self.filters), initializer="zeros", trainable=False
-        )
-        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
-
-    def call(self, x):
-        return ops.conv(x, ops.cast(self.kernel, x.dtype), padding="valid") + ops.cast(
-            self.bias, x.dtype
-        )
-
-    def compute_output_shape(self, input_shape):
-        n, h, w, _ = input_shape
-        k = self.kernel_size
-        return (n, None if h is None else h - k + 1, None if w is None else w - k + 1, self.filters)
-
-    def get_config(self):
-        return {**super().get_config(), "kernel_size": self.kernel_size}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class ScaledBias(layers.Layer):
-    """Per-channel bias stored divided by ``scale``: its effective learning rate is scale**2.
-
-    Why: airbench trains BatchNorm biases with a 64x learning rate; Keras optimizers
-    have one rate for all variables, and this reparametrisation (bias = scale * v)
-    gives the same update for any optimizer and backend, with no custom optimizer.
-    """
-
-    def __init__(self, scale: float = 8.0, **kwargs):
-        super().__init__(**kwargs)
-        self.scale = scale
-
-    def build(self, input_shape):
-        self.bias = self.add_weight(name="bias", shape=(input_shape[-1],), initializer="zeros")
-
-    def call(self, x):
-        return x + ops.cast(self.bias * self.scale, x.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "scale": self.scale}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class Scale(layers.Layer):
-    """Multiply by a constant (airbench scales its logits by 1/9): no Lambda needed."""
-
-    def __init__(self, factor: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = factor
-
-    def call(self, x):
-        return x * self.factor
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class PartialDirac(keras.initializers.Initializer):
-    """He-uniform kernel whose first min(in, out) filters are the identity (dirac).
-
-    Why: an identity-initialised conv starts as an implicit residual connection, so a
-    plain (non-residual) stack trains like a ResNet in its first epochs.
-    """
-
-    def __init__(self, seed: int | None = None):
-        self.seed = seed
-
-    def __call__(self, shape, dtype=None):
-        kh, kw, c_in, c_out = shape
-        kernel = keras.initializers.HeUniform(seed=self.seed)(shape, dtype=dtype)
-        n = min(c_in, c_out)
-        eye = np.zeros((kh, kw, c_in, c_out), dtype="float32")
-        eye[kh // 2, kw // 2, np.arange(n), np.arange(n)] = 1.0
-        mask = np.ones_like(eye)
-        mask[:, :, :, :n] = 0.0
-        return kernel * ops.convert_to_tensor(mask, dtype) + ops.convert_to_tensor(eye, dtype)
-
-    def get_config(self):
-        return {"seed": self.seed}
+# (CIFAR-10's per-channel mean and std, which normalise every input: hmoe.layers.)
+WHITENING_SAMPLE = 5000  # images that fit the whitening layer: a stable 12x12 covariance
+# The triangular schedule, as fractions of the peak learning rate: start, peak at this
+# share of the steps, end.
+TRIANGLE_START, TRIANGLE_PEAK_AT, TRIANGLE_END = 0.2, 0.23, 0.07
+# Lookahead: from this epoch on, every EVERY steps, the average moves towards the
+# weights with decay BASE ** EVERY x progress ** POWER.
+LOOKAHEAD_START_EPOCH = 2
+LOOKAHEAD_EVERY = 5
+LOOKAHEAD_BASE = 0.95
+LOOKAHEAD_POWER = 3.0
+BN_RECALIBRATION_BATCHES = 4  # forward batches that re-estimate BatchNorm for the average
 
 
 # -- the network --------------------------------------------------------------------
 
 
 def _conv(x, filters: int, name: str, cfg: NetArch, seed: int | None):
-    init = PartialDirac(seed) if cfg.dirac else keras.initializers.HeUniform(seed)
     return layers.Conv2D(
-        filters, 3, padding="same", use_bias=False, kernel_initializer=init, name=name
+        filters, 3, padding="same", use_bias=False, kernel_initializer=PartialDirac(seed), name=name
     )(x)
 
 
@@ -232,7 +107,7 @@ def build_classifier(
     :func:`copy_trunk` can initialise a specialist or the router from the trained base;
     the pooled features layer is named ``features``. ``translate`` is the pixels of
     random translation in training (with random flips); None builds no augmentation.
-    Call :func:`fit_whitening` before training when ``cfg.whiten`` is set.
+    Call :func:`fit_whitening` before training.
     """
     if n_outputs < 2:
         raise ValueError(f"a classifier needs at least 2 outputs, got {n_outputs}")
@@ -243,10 +118,7 @@ def build_classifier(
     x = layers.Normalization(
         mean=list(CIFAR_MEAN), variance=[s * s for s in CIFAR_STD], name="normalize"
     )(x)
-    if cfg.whiten:
-        x = PatchWhitening(name="whiten")(x)
-    else:
-        x = layers.Conv2D(24, WHITEN_KERNEL, name="stem")(x)
+    x = PatchWhitening(name="whiten")(x)
     x = layers.Activation("gelu", name="stem_act")(x)
     w = cfg.width
     for i, filters in enumerate((w, 2 * w, 2 * w), start=1):
@@ -256,78 +128,6 @@ def build_classifier(
     x = Scale(cfg.logit_scale, name="scale_logits")(x)
     outputs = layers.Softmax(dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name=name)
-
-
-def whitening_kernel(images: np.ndarray, kernel_size: int = WHITEN_KERNEL, eps: float = 5e-4):
-    """(k, k, 3, 2*3*k*k) kernel that whitens the k x k patches of normalised ``images``.
-
-    Pure numpy: eigen-decomposition of the patch covariance; filters are the
-    eigenvectors scaled by 1/sqrt(eigenvalue + eps), then their negatives (GELU
-    follows, so both signs carry information).
-    """
-    x = (images.astype(np.float32) - np.array(CIFAR_MEAN, np.float32)) / np.array(
-        CIFAR_STD, np.float32
-    )
-    k = kernel_size
-    _, h, w, c = x.shape
-    patches = np.stack(
-        [x[:, i : h - k + 1 + i, j : w - k + 1 + j, :] for i in range(k) for j in range(k)],
-        axis=3,
-    )  # (n, h', w', k*k, c): patch element order (i, j, channel)
-    flat = patches.reshape(-1, k * k * c).astype(np.float64)
-    cov = flat.T @ flat / len(flat)
-    eigval, eigvec = np.linalg.eigh(cov)
-    order = np.argsort(eigval)[::-1]
-    scaled = eigvec[:, order] / np.sqrt(eigval[order] + eps)  # columns = filters
-    kernel = scaled.reshape(k, k, c, k * k * c)
-    return np.concatenate([kernel, -kernel], axis=-1).astype(np.float32)
-
-
-def fit_whitening(model: keras.Model, images: np.ndarray) -> None:
-    """Set the model's whitening kernel from (a sample of) its training images."""
-    try:
-        layer = model.get_layer("whiten")
-    except ValueError:
-        return
-    layer.kernel.assign(whitening_kernel(images, layer.kernel_size))
-
-
-def copy_trunk(source: keras.Model, target: keras.Model) -> int:
-    """Copy every same-named, same-shaped layer except the head; return how many.
-
-    Specialists and the router start from the trained base's features, which is
-    what lets them reach good accuracy in a few epochs.
-    """
-    copied = 0
-    for layer in target.layers:
-        if layer.name in HEAD_LAYERS or not layer.weights:
-            continue
-        try:
-            src = source.get_layer(layer.name)
-        except ValueError:
-            continue
-        src_w = src.get_weights()
-        if [w.shape for w in src_w] == [w.shape for w in layer.get_weights()]:
-            layer.set_weights(src_w)
-            copied += 1
-    return copied
-
-
-def freeze_trunk(model: keras.Model) -> None:
-    """Make every layer but the head untrainable (BatchNorm then runs in inference mode)."""
-    for layer in model.layers:
-        if layer.name not in HEAD_LAYERS:
-            layer.trainable = False
-
-
-# Images used to fit the whitening layer: enough for a stable 12x12 covariance.
-WHITENING_SAMPLE = 5000
-
-
-def network_arch(net: NetArch, cfg: NetParams) -> NetArch:
-    """The architecture of a network: the shared one, or the specialists' own width."""
-    width = getattr(cfg, "width", None)
-    return net if width is None else dataclasses.replace(net, width=width)
 
 
 def build_network(
@@ -345,8 +145,8 @@ def build_network(
     """
     model = build_classifier(
         n_outputs,
-        network_arch(arch, cfg),
-        translate=cfg.translate if cfg.augment else None,
+        arch,
+        translate=cfg.translate,
         seed=seed,
         name=name,
     )
@@ -363,7 +163,7 @@ def build_network(
 # -- optimizer and schedule --------------------------------------------------------
 
 
-@keras.saving.register_keras_serializable(package="hmoe")
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class Triangle(keras.optimizers.schedules.LearningRateSchedule):
     """Piecewise-linear schedule: ``start`` x peak -> peak at ``peak_at`` -> ``end`` x peak.
 
@@ -371,7 +171,14 @@ class Triangle(keras.optimizers.schedules.LearningRateSchedule):
     high accuracy in a fixed, short budget without a warm-up/decay search.
     """
 
-    def __init__(self, peak: float, steps: int, start=0.2, end=0.07, peak_at=0.23):
+    def __init__(
+        self,
+        peak: float,
+        steps: int,
+        start: float = TRIANGLE_START,
+        end: float = TRIANGLE_END,
+        peak_at: float = TRIANGLE_PEAK_AT,
+    ):
         self.peak, self.steps = float(peak), int(steps)
         self.start, self.end, self.peak_at = float(start), float(end), float(peak_at)
 
@@ -392,41 +199,26 @@ class Triangle(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def cosine(learning_rate: float, steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Linear warm-up over the first 15% of steps, then cosine decay to zero."""
-    warmup = max(1, int(0.15 * steps))
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=learning_rate / 10,
-        decay_steps=max(1, steps - warmup),
-        warmup_target=learning_rate,
-        warmup_steps=warmup,
+def make_optimizer(cfg: NetParams, steps: int, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Nesterov SGD with decoupled weight decay on the triangular schedule, with
+    lookahead averaging inside its update when ``cfg.lookahead``.
+    """
+    lr = Triangle(cfg.learning_rate, steps)
+    if not cfg.lookahead:
+        return keras.optimizers.SGD(
+            lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+        )
+    return LookaheadSGD(
+        lr,
+        momentum=cfg.momentum,
+        nesterov=True,
+        weight_decay=cfg.weight_decay,
+        total_steps=steps,
+        start_step=LOOKAHEAD_START_EPOCH * steps_per_epoch,
     )
 
 
-def make_optimizer(cfg: NetParams, steps: int, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """The optimizer and schedule ``cfg`` names (``weight_decay`` is decoupled in both),
-    with lookahead averaging inside its update when ``cfg.lookahead``.
-    """
-    lr = (Triangle if cfg.schedule == "triangle" else cosine)(cfg.learning_rate, steps)
-    averaging = {}
-    if cfg.lookahead:
-        averaging = {"total_steps": steps, "start_step": LOOKAHEAD_START_EPOCH * steps_per_epoch}
-    if cfg.optimizer == "sgd":
-        cls = LookaheadSGD if cfg.lookahead else keras.optimizers.SGD
-        return cls(
-            lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay, **averaging
-        )
-    cls = LookaheadAdamW if cfg.lookahead else keras.optimizers.AdamW
-    return cls(lr, weight_decay=cfg.weight_decay, **averaging)
-
-
 # -- weight averaging --------------------------------------------------------------
-
-# airbench's lookahead: from epoch 2 on, every 5 steps, decay 0.95**5 * progress**3.
-LOOKAHEAD_START_EPOCH = 2
-LOOKAHEAD_EVERY = 5
-LOOKAHEAD_BASE = 0.95
-LOOKAHEAD_POWER = 3.0
 
 
 class _Lookahead:
@@ -512,11 +304,6 @@ class LookaheadSGD(_Lookahead, keras.optimizers.SGD):
     """Nesterov SGD with lookahead averaging in its update (see :class:`_Lookahead`)."""
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class LookaheadAdamW(_Lookahead, keras.optimizers.AdamW):
-    """AdamW with lookahead averaging in its update (see :class:`_Lookahead`)."""
-
-
 class RecalibrateBatchNorm(keras.callbacks.Callback):
     """Before each validation, once the lookahead averaging has started: BatchNorm's
     running statistics re-estimated for the averaged weights, from a few training
@@ -529,7 +316,7 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
     cost is that of ``batches`` forward passes. An epoch-level hook: no per-step sync.
     """
 
-    def __init__(self, data: keras.utils.PyDataset, batches: int = 4):
+    def __init__(self, data: keras.utils.PyDataset, batches: int = BN_RECALIBRATION_BATCHES):
         super().__init__()
         self.data, self.batches = data, batches
 
@@ -539,17 +326,6 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
             return
         for i in range(min(self.batches, len(self.data))):
             self.model(self.data[i][0], training=True)
-
-
-class StopOnNaN(keras.callbacks.Callback):
-    """Stop when an epoch's loss is not finite (an epoch-level check: a batch-level
-    callback would force a device sync after every step).
-    """
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.model.stop_training = True
 
 
 # -- training ---------------------------------------------------------------------
@@ -594,7 +370,7 @@ def fit_classifier(
     extra: list[keras.callbacks.Callback] = [
         StopOnNaN(),
         EpochSeeds(seed, batches),
-        BestKeeper("val_accuracy", cfg.patience, state_dir),
+        BestKeeper("val_accuracy", cfg.epochs, state_dir),  # the best epoch; no early stop
     ]
     if cfg.lookahead:
         extra.insert(2, RecalibrateBatchNorm(batches))
@@ -611,35 +387,3 @@ def fit_classifier(
         callbacks=[*extra, *callbacks],
         verbose=verbose,
     )
-
-
-def multiply_adds(model: keras.Model) -> int:
-    """Multiply-adds of one forward pass of one image through ``model`` (convolutions,
-    the whitening layer and dense layers; the rest is negligible): the unit of the
-    training and inference costs the sweep reports.
-    """
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, layers.Conv2D | PatchWhitening):
-            _, h, w, c_out = layer.output.shape
-            kh, kw, c_in, _ = layer.kernel.shape
-            total += h * w * kh * kw * c_in * c_out
-        elif isinstance(layer, layers.Dense):
-            total += int(np.prod(layer.kernel.shape))
-    return int(total)
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; nothing trained is worth keeping."""
-
-
-def summarise_history(history: dict[str, list[float]], *, monitor: str, mode: str) -> dict:
-    """The best epoch's figures: ``monitor`` at its best, which epoch, how many ran."""
-    values = history[monitor]
-    best = int(np.argmax(values) if mode == "max" else np.argmin(values))
-    return {
-        monitor: float(values[best]),
-        "best_epoch": best + 1,
-        "epochs_run": len(values),
-        **({"val_loss": float(history["val_loss"][best])} if "val_loss" in history else {}),
-    }

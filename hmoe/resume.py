@@ -139,3 +139,18 @@ def completed_epochs(backup_dir: Path) -> int:
     if not meta.is_file():
         return 0
     return int(json.loads(meta.read_text()).get("epoch", 0))
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop when an epoch's loss is not finite (an epoch-level check: a batch-level
+    callback would force a device sync after every step).
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; nothing trained is worth keeping."""

@@ -73,8 +73,7 @@ class StageHooks(Hooks):
         import keras
 
         from hmoe.distribute import training_scope
-        from hmoe.recipe import TrainingDiverged
-        from hmoe.resume import completed_epochs
+        from hmoe.resume import TrainingDiverged, completed_epochs
 
         run = self.run_name(job)
         backup = paths.BACKUPS / backup_key(run, self.resume_inputs(run, job))
@@ -104,7 +103,7 @@ class StageHooks(Hooks):
         """Summary from the epoch log (every attempt's epochs), then the atomic save."""
         import pandas as pd
 
-        from hmoe.recipe import summarise_history
+        from hmoe.metrics import summarise_history
 
         out = self.outputs[job.name]
         epoch_log = self._backup / "history.csv"

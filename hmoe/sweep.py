@@ -11,7 +11,7 @@ the reference configuration and the configurations, each a set of params overrid
     seeds: 3                          # optional; --seeds wins
     configurations:
       default: {}
-      scratch: {specialists: {init_from_base: false, epochs: 10}}
+      finetuned: {specialists: {start: base, epochs: 2, learning_rate: 0.2}}
 
 Every configuration x seed runs the steps the DVC stages run (:mod:`hmoe.steps`):
 prepare, base, groups, specialists, router, gates, evaluate. A network whose params
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -198,7 +199,7 @@ class SweepHooks:
         steady = times[1:] or times  # the first epoch includes tracing and compiling
         rate = job.n_train * len(steady) / sum(steady) if sum(steady) > 0 else float("nan")
         self.rates[job.name] = rate
-        from hmoe.recipe import multiply_adds
+        from hmoe.costs import multiply_adds
 
         passes = job.n_train * summary["epochs_run"]  # image passes (forward + backward)
         self.gmacs.append(passes * multiply_adds(model) / 1e9)
@@ -241,94 +242,121 @@ class Runner:
         return self.cache[full]
 
     def run(self, p: Params) -> dict[str, Any]:
-        """Every step of the pipeline under ``p``; returns the metrics row."""
-        from hmoe.gates import GateInput
-        from hmoe.mixture import Mixture
-        from hmoe.steps import experts
-        from hmoe.steps.evaluate import evaluate
-        from hmoe.steps.gates import gate_fit_split, train_gates
-        from hmoe.steps.groups import learn_groups
+        """Every stage of dvc.yaml under ``p``, in its order; returns the metrics row.
 
-        train, val = self.splits["train"], self.splits["val"]
+        Each stage's key is the resolved params it lists plus its upstream stages' keys
+        (what DVC hashes), so a network is reused exactly when DVC would reuse it.
+        """
+        from hmoe.pipeline import read_stages, upstream
+
         self.seconds = {}
         hooks = self.hooks = self.hooks or SweepHooks(self.log)
         hooks.rates = {}
-        k_base = (p.seed, p.data, p.net, p.base, p.train)
-        base = self.cached(
-            "base", k_base, p.seed, lambda: experts.train_base(p, train, val, hooks=hooks)
-        )
-        second = None
-        if p.controls.second_base:
-            make = lambda: experts.train_base(p, train, val, second=True, hooks=hooks)  # noqa: E731
-            second = self.cached("second_base", k_base, p.seed, make)
-        k_groups = (*k_base, p.groups, p.grouping)
-        groups, _ = self.cached(
-            "groups", k_groups, p.seed, lambda: learn_groups(p, base.model, val)
-        )
-        init = lambda cfg: k_base if cfg.init_from_base else (p.seed, p.data, p.net, p.train)  # noqa: E731
-        # The effective recipe (from scratch: the base's); distilled: the base's targets.
-        spec = experts.specialist_recipe(p)
-        k_specs = (*(k_base if spec.distill > 0 else init(spec)), groups, spec)
-        k_router = (*init(p.router), groups, p.router)
-        specs = self.cached(
-            "specialists",
-            k_specs,
-            p.seed,
-            lambda: experts.train_specialists(p, groups, train, val, base=base.model, hooks=hooks),
-        )
-        router = self.cached(
-            "router",
-            k_router,
-            p.seed,
-            lambda: experts.train_router(p, groups, train, val, base=base.model, hooks=hooks),
-        )
-        seen = GateInput(p.gates.inputs)
+        steps = stage_steps(p, self.splits, hooks)
+        stages = read_stages()
+        missing = [s.name for s in stages if s.name not in steps]
+        if missing:
+            raise SweepError(f"dvc.yaml stages with no step in hmoe.sweep: {missing}")
+        keys: dict[str, tuple] = {}
+        done: dict[str, Any] = {}
+        for stage in stages:
+            declared = tuple(sorted(stage.declared(p).items()))
+            keys[stage.name] = (declared, *(keys[u.name] for u in upstream(stage, stages)))
+            step = stage.name.removeprefix("train_")
+            make = functools.partial(steps[stage.name], done)
+            done[stage.name] = self.cached(step, keys[stage.name], p.seed, make)
+        return self._row(done, keys, hooks)
 
-        def mixture(gates: Sequence = ()) -> Mixture:
-            return Mixture(
-                router=router.model,
-                base=base.model,
-                specialists={g: t.model for g, t in specs.items()},
-                gates=dict(zip(groups.names, gates, strict=True)) if gates else {},
-                groups=groups,
-                routing=p.mixture.routing,
-                tta=p.mixture.tta,
-                gate_input=seen,
-                router_fusion=p.mixture.router_fusion,
-            )
-
-        fit = gate_fit_split(p.gates.fit_on, self.splits["gate"], train)
-        key_all = (k_groups, p.specialists, p.router, p.gates, p.mixture)
-        gates = self.cached(
-            "gates", key_all, p.seed, lambda: train_gates(p, groups, mixture(), fit, val)
-        )
-        result = self.cached(
-            "evaluate",
-            (*key_all, p.controls),
-            p.seed,
-            lambda: evaluate(
-                mixture(gates.gates),
-                self.splits["test"],
-                second_base=None if second is None else second.model,
-                seed=p.seed,
-            ),
-        )
+    def _row(self, done: Mapping[str, Any], keys: Mapping[str, tuple], hooks: SweepHooks) -> dict:
+        """The findings row: evaluate's metrics, val figures, times, rates and costs."""
+        result, gates, (groups, _) = done["evaluate"], done["train_gates"], done["groups"]
         row = dict(result.metrics) | paired_by_seed(result.labels, self.splits["test"][1])
         self.labels = result.labels
         row["best_control"] = result.best_control
-        row["val_mixture_accuracy"] = gates.summary["val_accuracy"]
-        row["val_base_accuracy"] = gates.summary["val_base_accuracy"]
-        row["val_hard_accuracy"] = gates.summary["val_hard_accuracy"]
+        val = {"val_mixture_accuracy": "val_accuracy"}  # the gates' names for the val figures
+        for key in ("val_mixture_accuracy", "val_base_accuracy", "val_hard_accuracy"):
+            row[key] = gates.summary[val.get(key, key)]
         row["val_soft_accuracy"] = gates.summary["val_soft_accuracy"]
         row["groups"] = yaml.safe_dump(groups.to_dict(), default_flow_style=True).strip()
         row |= {f"{s}_s": self.seconds.get(s, 0.0) for s in STEPS}
         # MLflow metric names allow no "@": specialist@natural -> specialist_natural
         row |= {f"{n.replace('@', '_')}_images_per_s": r for n, r in hooks.rates.items()}
-        used = [("base", k_base), ("specialists", k_specs), ("router", k_router)]
+        used = [(s.removeprefix("train_"), keys[s]) for s in MIXTURE_NETWORKS]
         gmacs, secs = np.sum([self.cost.get((s, *k), (0.0, 0.0)) for s, k in used], axis=0)
         row["cost_train_gmacs_mixture"], row["cost_train_s_mixture"] = gmacs, secs
-        row["cost_train_gmacs_base"] = self.cost.get(("base", *k_base), (0.0, 0.0))[0]
+        row["cost_train_gmacs_base"] = self.cost.get(("base", *keys["train_base"]), (0.0, 0.0))[0]
         return row
+
+
+# The stages whose networks the mixture is made of (its training cost).
+MIXTURE_NETWORKS = ("train_base", "train_specialists", "train_router")
+
+
+def stage_steps(
+    p: Params, splits: Mapping[str, tuple[np.ndarray, np.ndarray]], hooks: SweepHooks
+) -> dict[str, Callable[[Mapping[str, Any]], Any]]:
+    """For each dvc.yaml stage, the step its stage module calls, on the results of the
+    stages before it (by stage name). The data are prepared once for every configuration.
+    """
+    from hmoe.gates import GateInput
+    from hmoe.mixture import Mixture
+    from hmoe.steps import experts
+    from hmoe.steps.evaluate import evaluate
+    from hmoe.steps.gates import gate_fit_split, train_gates
+    from hmoe.steps.groups import learn_groups
+
+    train, val = splits["train"], splits["val"]
+
+    def mixture(done: Mapping[str, Any], gates: Sequence = ()) -> Mixture:
+        groups = done["groups"][0]
+        return Mixture(
+            router=done["train_router"].model,
+            base=done["train_base"].model,
+            specialists={g: t.model for g, t in done["train_specialists"].items()},
+            gates=dict(zip(groups.names, gates, strict=True)) if gates else {},
+            groups=groups,
+            routing=p.mixture.routing,
+            tta=p.mixture.tta,
+            gate_input=GateInput(p.gates.inputs),
+            router_fusion=p.mixture.router_fusion,
+        )
+
+    def second_base(done: Mapping[str, Any]) -> Any:
+        if not p.controls.second_base:
+            return None  # the stage writes only a note
+        return experts.train_base(p, train, val, second=True, hooks=hooks)
+
+    def gates(done: Mapping[str, Any]) -> Any:
+        fit = gate_fit_split(p.gates.fit_on, splits["gate"], train)
+        return train_gates(p, done["groups"][0], mixture(done), fit, val)
+
+    def evaluated(done: Mapping[str, Any]) -> Any:
+        second = done["train_second_base"]
+        return evaluate(
+            mixture(done, done["train_gates"].gates),
+            splits["test"],
+            second_base=None if second is None else second.model,
+            seed=p.seed,
+        )
+
+    def network(train_one: Callable[..., Any]) -> Callable[[Mapping[str, Any]], Any]:
+        def step(done: Mapping[str, Any]) -> Any:
+            groups = done["groups"][0]
+            base = done["train_base"].model
+            return train_one(p, groups, train, val, base=base, hooks=hooks)
+
+        return step
+
+    return {
+        "prepare": lambda done: splits,
+        "train_base": lambda done: experts.train_base(p, train, val, hooks=hooks),
+        "train_second_base": second_base,
+        "groups": lambda done: learn_groups(p, done["train_base"].model, val),
+        "train_specialists": network(experts.train_specialists),
+        "train_router": network(experts.train_router),
+        "train_gates": gates,
+        "evaluate": evaluated,
+    }
 
 
 # Per seed, image by image (McNemar): (name, mixture side, other side).

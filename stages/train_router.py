@@ -1,6 +1,6 @@
 """Stage `train_router`: the router, a classifier over the groups.
 
-By default a head on the frozen base trunk (`router.freeze_trunk`): one cheap pass.
+By default a head on the frozen base trunk (`router.start: head`): one cheap pass.
 """
 
 from __future__ import annotations

@@ -46,9 +46,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
         raise
 
 
-def write_json(path: str | os.PathLike[str], payload: Any) -> None:
-    """Atomic JSON write (indent 2, sorted keys, trailing newline), so diffs stay stable."""
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"  # fail before touching disk
+def write_json(path: str | os.PathLike[str], payload: Any, *, sort_keys: bool = True) -> None:
+    """Atomic JSON write (indent 2, trailing newline), so diffs stay stable. Keys sorted
+    unless the payload's own order matters (metrics.json leads with the headline, which
+    `dvc exp show` keeps as its column order).
+    """
+    text = json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n"  # fail before the disk
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 

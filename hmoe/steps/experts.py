@@ -7,7 +7,6 @@ step); the second base reseeds with its own seed, as its own network.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,13 +16,10 @@ import keras
 import numpy as np
 
 from hmoe.groups import Groups
-from hmoe.params import NetParams, Params, SpecialistParams
-from hmoe.recipe import (
-    TrainingDiverged,
-    build_network,
-    fit_classifier,
-    summarise_history,
-)
+from hmoe.metrics import summarise_history
+from hmoe.params import NetParams, Params
+from hmoe.recipe import build_network, fit_classifier
+from hmoe.resume import TrainingDiverged
 from hmoe.runtime import resolve_jit
 from hmoe.steps.hooks import NO_HOOKS, Hooks, NetworkJob
 
@@ -93,7 +89,7 @@ def train_specialist(
     base's softened predictions. Seeded with its own seed (see
     :data:`SPECIALIST_SEED_OFFSET`), so it does not depend on the order of training.
     """
-    cfg = specialist_recipe(params)
+    cfg = params.specialists
     if cfg.distill > 0 and base is None:
         raise ValueError(f"specialist@{group}: specialists.distill needs the trained base")
     seed = params.seed + SPECIALIST_SEED_OFFSET + groups.names.index(group)
@@ -103,7 +99,8 @@ def train_specialist(
     x, y = specialist_subset(*train, ids, **subset)
     n_outputs = specialist_outputs(ids, cfg.dustbin)
     if cfg.distill > 0:
-        soft = collapse(soften(base.predict(x, batch_size=1024, verbose=0), cfg.temperature), ids)
+        temperature = cfg.temperature or 1.0  # params require it whenever distill > 0
+        soft = collapse(soften(base.predict(x, batch_size=1024, verbose=0), temperature), ids)
         y = distill_targets(y, soft[:, :n_outputs], cfg.distill)
     return _train(
         params,
@@ -116,18 +113,6 @@ def train_specialist(
         hooks=hooks,
         base=base,
     )
-
-
-def specialist_recipe(params: Params) -> SpecialistParams:
-    """The specialists' effective recipe: from scratch with ``scratch_recipe: base``
-    they train like the base (its epochs, learning rate, averaging): the
-    fine-tuning recipe is far too short for a network starting from nothing.
-    """
-    spec = params.specialists
-    if spec.init_from_base or spec.scratch_recipe == "own":
-        return spec
-    shared = {f.name: getattr(params.base, f.name) for f in dataclasses.fields(NetParams)}
-    return dataclasses.replace(spec, **shared)
 
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -181,7 +166,7 @@ def train_router(
 def _classes(params: Params) -> tuple[str, ...]:
     from hmoe.data.constants import CIFAR10_CLASSES
 
-    return params.groups.classes if params.groups is not None else CIFAR10_CLASSES
+    return CIFAR10_CLASSES if params.learned_groups else params.groups.classes
 
 
 def _train(
@@ -232,8 +217,9 @@ def _train(
             section = SECTIONS.get(name.split("@", maxsplit=1)[0], "specialists")
             raise TrainingDiverged(
                 f"{name}: the training loss became NaN, so training stopped and nothing was "
-                f"saved. Lower `{section}.learning_rate` (now {cfg.learning_rate}) or check "
-                "the input images"
+                f"saved. Lower the learning rate (now {cfg.learning_rate}: `recipe."
+                f"learning_rate`, or `{section}.learning_rate` for this network alone) or "
+                "check the input images"
             )
         summary = summarise_history(history.history, monitor="val_accuracy", mode="max")
         summary = hooks.finished(job, model, summary)

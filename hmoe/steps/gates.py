@@ -19,10 +19,9 @@ import numpy as np
 
 from hmoe.gates import GateInput, build_gate, fit_gates
 from hmoe.groups import Groups
-from hmoe.metrics import accuracy
+from hmoe.metrics import accuracy, summarise_history
 from hmoe.mixture import Mixture, Outputs, combine, route_weights
 from hmoe.params import ROUTINGS, Params
-from hmoe.recipe import summarise_history
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, numpy as np
 from hmoe.distribute import replica_devices, training_scope
-from hmoe.recipe import build_network, fit_classifier, summarise_history
+from hmoe.metrics import summarise_history
+from hmoe.recipe import build_network, fit_classifier
 from hmoe.params import load_params
 from tests.support.synthetic import make_images
 
@@ -75,7 +76,8 @@ JAX_SCRIPT = """
 import dataclasses, json
 import keras, numpy as np
 from hmoe.distribute import replica_devices, training_scope
-from hmoe.recipe import build_network, fit_classifier, summarise_history
+from hmoe.metrics import summarise_history
+from hmoe.recipe import build_network, fit_classifier
 from hmoe.params import load_params
 from tests.support.synthetic import make_images
 

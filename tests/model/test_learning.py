@@ -37,7 +37,7 @@ def test_base_recipe_learns_synthetic_classes_well_above_chance(params):
     p = dataclasses.replace(
         params,
         net=dataclasses.replace(params.net, width=8),
-        base=dataclasses.replace(params.base, epochs=4, batch_size=32, patience=4),
+        base=dataclasses.replace(params.base, epochs=4, batch_size=32),
     )
     trained = train_base(p, (x, y), (xv, yv))
     summary = trained.summary

@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from hmoe import runtime, tracking
+from hmoe import paths, runtime, tracking
 from hmoe.data.constants import CIFAR10_CLASSES as CLASSES
 from hmoe.data.storage import file_md5
 from tests.support.tinyrepo import base_env, make_repo, served_champion
@@ -83,7 +84,7 @@ def test_outputs_and_metrics(repo):
     assert metrics["lift_over_ensemble"] == pytest.approx(
         metrics["mixture_accuracy"] - metrics["ensemble_accuracy"]
     )
-    assert metrics["mixture_accuracy"] == metrics["hard_accuracy"]  # routing: hard
+    assert metrics["mixture_accuracy"] == metrics["soft_accuracy"]  # routing: soft
     assert metrics["mixture_rows_sum_max_error"] < 1e-4
     assert not any(k.startswith("inference_") for k in metrics)  # timings go to MLflow only
     data = json.loads((root / "reports/data.json").read_text())
@@ -97,6 +98,23 @@ def test_outputs_and_metrics(repo):
     assert json.loads((root / "reports/groups.json").read_text())["source"] == "params"
     assert "two_bases_control_accuracy" not in metrics  # controls.second_base: false
     assert (root / "models/second_base/NOT_TRAINED").is_file()
+
+
+def test_the_sweep_runs_dvc_yaml_s_steps_to_the_same_numbers(repo, tmp_path):
+    """One declaration, two runners: the in-process sweep, reading dvc.yaml, gives every
+    accuracy `dvc repro` gave for the same params and seed (issue 22).
+    """
+    root, env, _ = repo
+    spec = tmp_path / "same.yaml"
+    spec.write_text(yaml.safe_dump({"configurations": {"default": {}}}))
+    cmd = [sys.executable, "-m", "hmoe.sweep", str(spec), "--seeds", "1", "--no-mlflow"]
+    _run([*cmd, "--out", str(tmp_path / "out")], root, env, timeout=900)
+    row = pd.read_csv(tmp_path / "out/findings.csv").iloc[0]
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    accuracies = [k for k in metrics if k.endswith("_accuracy")]
+    assert len(accuracies) >= 10
+    assert {k: row[k] for k in accuracies} == {k: metrics[k] for k in accuracies}
+    assert next(iter(metrics)) == "mixture_accuracy"  # the headline leads metrics.json
 
 
 def test_one_parent_with_a_child_per_stage(repo, client):
@@ -247,14 +265,15 @@ def test_second_repro_reruns_nothing_and_gates_change_reruns_two(repo):
 
 
 def test_hierarchy_options_rerun_only_what_they_change(repo):
-    """Auto groups, dustbin specialists, gates on features and the second base, in one
-    experiment: the base is reused, the groups are discovered, the control is scored.
+    """Learned groups, dustbin specialists trained longer, gates on features and the
+    second base, in one experiment: the base is reused, the groups are discovered, the
+    specialists train for the epochs their key says, the control is scored.
     """
     root, env, _ = repo
     options = [
-        "groups=auto",
-        "grouping.count=2",
+        "groups=2",
         "specialists.dustbin=0.5",
+        "specialists.epochs=2",
         "gates.inputs=both",
         "controls.second_base=true",
     ]
@@ -271,6 +290,9 @@ def test_hierarchy_options_rerun_only_what_they_change(repo):
     record = json.loads((root / "reports/groups.json").read_text())
     assert record["source"] == "auto" and len(record["groups"]) == 2
     assert sorted(c for m in record["groups"].values() for c in m) == sorted(CLASSES)
+    for group in record["groups"]:  # issue 22: specialists.epochs is what they train for
+        history = pd.read_csv(root / paths.specialist_history(group))
+        assert len(history) == 2
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert 0 <= metrics["two_bases_control_accuracy"] <= 1
     assert metrics["mixture_rows_sum_max_error"] < 1e-4

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.pipeline
 SWEEP = {
     "params": {  # fine-tuned specialists and hard routing, so the two differ in both
         "controls": {"second_base": True},
-        "specialists": {"init_from_base": True},
+        "specialists": {"start": "base", "learning_rate": 0.2, "lookahead": False},
         "mixture": {"routing": "hard", "router_fusion": "none"},
     },
     "reference": "default",
@@ -27,7 +27,7 @@ SWEEP = {
     "configurations": {
         "default": {},
         "scratch_soft": {
-            "specialists": {"init_from_base": False, "epochs": 1},
+            "specialists": {"start": "scratch", "learning_rate": 0.75, "lookahead": True},
             "mixture": {"routing": "soft"},
         },
     },

@@ -44,8 +44,9 @@ def tiny_params(source: Path, experiment: str) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["data"].update(source=str(source), val_size=60, gate_size=60, limit=None)
     raw["net"]["width"] = 4
+    raw["recipe"]["batch_size"] = 32
     for net in ("base", "specialists", "router"):
-        raw[net].update(epochs=1, batch_size=32)
+        raw[net]["epochs"] = 1
     raw["gates"].update(epochs=2, hidden=4)
     raw["mlflow"].update(experiment=experiment)
     return raw

@@ -29,7 +29,9 @@ def test_stage_params_are_exactly_the_declared_ones(monkeypatch, params):
     assert got["specialists.epochs"] == params.specialists.epochs
     assert got["specialists.dustbin"] == params.specialists.dustbin
     assert got["net.width"] == params.net.width
-    assert got["base.epochs"] == params.base.epochs  # specialists.scratch_recipe: base
+    # the effective recipe: the shared `recipe` with the specialists' overrides applied
+    assert got["specialists.learning_rate"] == params.specialists.learning_rate
+    assert "base.epochs" not in got
     assert not any(k.startswith(("gates.", "mlflow.", "groups.", "router.")) for k in got)
     router = edge.stage_params("train_router", params)
     assert not any(k.startswith(("base.", "specialists.", "gates.")) for k in router)

@@ -1,4 +1,4 @@
-"""The hierarchy's options: auto groups, specialist width and dustbin, what gates see,
+"""The hierarchy's options: learned groups, the specialists' dustbin, what gates see,
 and the two-network control (params, pure maths and the assembled mixture).
 """
 
@@ -16,9 +16,10 @@ from hmoe.controls import all_probs
 from hmoe.edge import StageError, read_groups
 from hmoe.gates import GateInput, build_gate, build_gate_trainer
 from hmoe.groups import Groups, GroupsError
+from hmoe.layers import fit_whitening
 from hmoe.mixture import Mixture, Outputs, combine, embed
 from hmoe.params import ParamsError, flatten, load_params, parse_groups, parse_params
-from hmoe.recipe import build_classifier, fit_whitening, network_arch
+from hmoe.recipe import build_classifier
 from hmoe.steps.evaluate import paired_metrics
 from hmoe.steps.experts import specialist_outputs, specialist_subset
 from hmoe.steps.groups import learn_groups
@@ -28,24 +29,19 @@ from tests.unit.test_recipe import ARCH, GROUPS
 NOT_CAT = [c for c in GROUPS.classes if c != "cat"]
 
 
-def test_auto_groups_parse_and_log(raw_params):
-    raw_params["groups"] = "auto"
-    raw_params["grouping"]["count"] = 4
+def test_learned_groups_parse_and_log(raw_params):
+    raw_params["groups"] = 4
     p = parse_params(raw_params)
-    assert p.groups is None
-    assert p.grouping.count == 4
-    assert flatten(p)["groups"] == "auto"
+    assert p.learned_groups == 4
+    assert flatten(p)["groups"] == 4
 
 
 @pytest.mark.parametrize(
     ("mutate", "needle"),
     [
-        (lambda r: r["grouping"].update(count=1), "`grouping.count`"),
-        (lambda r: r["grouping"].update(count=6), "`grouping.count`"),
-        (
-            lambda r: r["specialists"].update(init_from_base=True, width=32),
-            "`specialists.width`",
-        ),
+        (lambda r: r.update(groups=1), "`groups`"),
+        (lambda r: r.update(groups=6), "`groups`"),
+        (lambda r: r.update(groups="auto"), "`groups: N`"),
         (lambda r: r["specialists"].update(dustbin=1.5), "`specialists.dustbin`"),
         (lambda r: r["gates"].update(inputs="pixels"), "`gates.inputs`"),
         (lambda r: r["gates"].update(fit_on="test"), "`gates.fit_on`"),
@@ -58,13 +54,6 @@ def test_bad_hierarchy_options_are_named(raw_params, mutate, needle):
     mutate(raw_params)
     with pytest.raises(ParamsError, match=needle):
         parse_params(raw_params)
-
-
-def test_scratch_specialists_may_have_their_own_width(raw_params):
-    raw_params["specialists"].update(init_from_base=False, width=32)
-    p = parse_params(raw_params)
-    assert network_arch(p.net, p.specialists).width == 32
-    assert network_arch(p.net, p.base).width == p.net.width
 
 
 def test_dustbin_subset_adds_a_share_of_other_groups_labelled_k():
@@ -167,7 +156,7 @@ def test_explicit_groups_record_round_trips_through_the_groups_file(tmp_path):
     path = tmp_path / "groups.json"
     path.write_text(json.dumps(record))
     assert read_groups(path) == params.groups
-    auto = dataclasses.replace(params, groups=None)
+    auto = dataclasses.replace(params, groups=3)
     with pytest.raises(ValueError, match="needs the trained base"):
         learn_groups(auto)
 

@@ -31,19 +31,28 @@ def test_three_groups_are_a_valid_partition(raw_params):
         (lambda r: r["base"].update(epochs=0), "`base.epochs`"),
         (lambda r: r["gates"].update(epochs=-1), "`gates.epochs`"),
         (lambda r: r["router"].update(batch_size=0), "`router.batch_size`"),
+        (lambda r: r["recipe"].update(batch_size=0), "`recipe.batch_size`"),
         (lambda r: r["base"].update(learning_rate=0), "`base.learning_rate`"),
         (lambda r: r["base"].update(epochs="ten"), "`base.epochs`"),
-        (lambda r: r["base"].update(augment="yes"), "`base.augment`"),
+        (lambda r: r["base"].update(lookahead="yes"), "`base.lookahead`"),
+        (lambda r: r["recipe"].update(translate=-1), "`recipe.translate`"),
+        (lambda r: r["specialists"].update(start="head2"), "`specialists.start`"),
+        (lambda r: r["router"].update(epochs=0), "`router.epochs`"),
+        (lambda r: r["base"].update(start="base"), "`base.start`"),
+        (lambda r: r["router"].pop("epochs"), "`router.epochs`"),
+        (lambda r: r.pop("router"), "`router`"),
+        (lambda r: r.update(groups="auto"), "`groups: N`"),
         (lambda r: r["mixture"].update(routing="fuzzy"), "`mixture.routing`"),
         (lambda r: r["train"].update(precision="fp8"), "`train.precision`"),
         (lambda r: r["data"].update(val_size=0), "`data.val_size`"),
         (lambda r: r["net"].update(width=0), "`net.width`"),
         (lambda r: r["net"].update(whitten=True), "`net.whitten`"),
         (lambda r: r["base"].update(optimizer="adam"), "`base.optimizer`"),
-        (lambda r: r["base"].update(schedule="step"), "`base.schedule`"),
-        (lambda r: r["base"].pop("momentum"), "`base.momentum`"),
-        (lambda r: r["router"].update(init_from_base=False), "`router.freeze_trunk`"),
+        (lambda r: r["recipe"].update(schedule="step"), "`recipe.schedule`"),
+        (lambda r: r["recipe"].pop("momentum"), "`recipe.momentum`"),
+        (lambda r: r["router"].update(freeze_trunk=False), "`router.freeze_trunk`"),
         (lambda r: r["base"].update(init_from_base=True), "`base.init_from_base`"),
+        (lambda r: r["mixture"].update(router_fusion="mean"), "`mixture.router_fusion`"),
         (lambda r: r["mixture"].update(tta=3), "`mixture.tta`"),
         (lambda r: r["mlflow"].update(experiment=""), "`mlflow.experiment`"),
         (lambda r: r["groups"]["natural"].append("airplane"), "'airplane'"),
@@ -76,9 +85,126 @@ def test_flatten_gives_dotted_keys(raw_params):
 def test_every_key_is_required_so_params_yaml_is_the_only_source_of_defaults(raw_params):
     import dataclasses
 
-    from hmoe.params import NetParams
+    from hmoe.params import NetArch, RecipeParams
 
-    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(NetParams))
+    for cls in (NetArch, RecipeParams):
+        assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(cls))
     del raw_params["gates"]["hidden"]
     with pytest.raises(ParamsError, match=r"missing key `gates\.hidden`"):
         parse_params(raw_params)
+
+
+# One non-default value for every leaf key of params.yaml (a key added there without
+# one here fails the coverage test below), and what it must do: move the effective
+# params (what the steps read, MLflow logs and the sweep keys on), or be refused.
+NON_DEFAULT = {
+    "seed": 7,
+    "data.source": "../shared/cifar10/cifar10-jpeg.zip",
+    "data.val_size": 4000,
+    "data.gate_size": 4000,
+    "data.limit": 20000,
+    "data.split_seed": 1,
+    "groups.artificial": ["airplane", "automobile", "ship", "truck", "frog"],
+    "groups.natural": ["bird", "cat", "deer", "dog", "horse"],
+    "net.width": 32,
+    "net.bn_bias_lr": 16.0,
+    "net.bn_momentum": 0.6,
+    "net.logit_scale": 0.2,
+    "recipe.batch_size": 256,
+    "recipe.learning_rate": 0.5,
+    "recipe.momentum": 0.9,
+    "recipe.weight_decay": 0.005,
+    "recipe.label_smoothing": 0.1,
+    "recipe.translate": 0,
+    "recipe.lookahead": False,
+    "base.epochs": 1,
+    "specialists.epochs": 2,
+    "specialists.start": "base",
+    "specialists.dustbin": 0.5,
+    "specialists.distill": 0.5,  # refused without a temperature: see REFUSED
+    "router.epochs": 2,
+    "router.start": "scratch",
+    "router.lookahead": True,
+    "gates.epochs": 5,
+    "gates.batch_size": 128,
+    "gates.learning_rate": 0.01,
+    "gates.hidden": 8,
+    "gates.patience": 2,
+    "gates.inputs": "both",
+    "gates.fit_on": "train",
+    "controls.second_base": True,
+    "mixture.routing": "hard",
+    "mixture.tta": 0,
+    "mixture.router_fusion": "none",
+    "train.precision": "float32",
+    "train.jit_compile": True,
+    "train.steps_per_execution": 4,
+    "train.distribute": "none",
+    "mlflow.experiment": "other",
+    "mlflow.register": False,
+}
+REFUSED = {"specialists.distill": "needs `specialists.temperature`"}
+
+
+def _leaves(raw: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in raw.items():
+        if (isinstance(value, dict) and key != "groups") or (key == "groups" and prefix):
+            out |= _leaves(value, f"{prefix}{key}.")
+        elif isinstance(value, dict):
+            out |= {f"groups.{g}": members for g, members in value.items()}
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _set(raw: dict, dotted: str, value) -> None:
+    *path, leaf = dotted.split(".")
+    for key in path:
+        raw = raw[key]
+    raw[leaf] = value
+
+
+def test_every_params_key_has_a_non_default_value_here(raw_params):
+    assert set(_leaves(raw_params)) == set(NON_DEFAULT)
+    assert all(NON_DEFAULT[k] != v for k, v in _leaves(raw_params).items())
+    assert len(NON_DEFAULT) <= 45  # issue 22: a params.yaml a newcomer can read
+
+
+@pytest.mark.parametrize("key", sorted(NON_DEFAULT))
+def test_every_params_key_moves_the_effective_params_or_is_refused(raw_params, key):
+    before = flatten(parse_params(raw_params))
+    for k in [g for g in NON_DEFAULT if g.startswith("groups.")] if "groups." in key else [key]:
+        _set(raw_params, k, NON_DEFAULT[k])  # a partition moves as a whole
+    if key in REFUSED:
+        with pytest.raises(ParamsError, match=REFUSED[key]):
+            parse_params(raw_params)
+        return
+    after = flatten(parse_params(raw_params))
+    changed = {k for k in after if after.get(k) != before.get(k)}
+    if key.startswith("recipe."):  # every network that does not override it moves
+        leaf = key.split(".", 1)[1]
+        overridden = {n for n in ("base", "specialists", "router") if leaf in raw_params[n]}
+        expected = {f"{n}.{leaf}" for n in ("base", "specialists", "router")} - {
+            f"{n}.{leaf}" for n in overridden
+        }
+        assert expected <= changed, (key, changed)
+    elif key.startswith("groups."):
+        assert {"groups.artificial", "groups.natural"} & changed
+    else:
+        assert key in changed, (key, changed)
+
+
+def test_a_network_override_moves_only_that_network(raw_params):
+    raw_params["specialists"]["learning_rate"] = 0.2
+    p = parse_params(raw_params)
+    assert p.specialists.learning_rate == 0.2
+    assert p.base.learning_rate == p.router.learning_rate == p.recipe.learning_rate
+
+
+def test_a_temperature_without_distillation_is_refused_with_its_reason(raw_params):
+    raw_params["specialists"]["temperature"] = 3.0
+    with pytest.raises(ParamsError, match=r"no effect while `specialists\.distill` is 0"):
+        parse_params(raw_params)
+    raw_params["specialists"]["distill"] = 0.5
+    assert parse_params(raw_params).specialists.temperature == 3.0

@@ -1,5 +1,5 @@
-"""The specialists' levers: the base's recipe when from scratch, distillation from the
-base's softened predictions, and a seed of their own (params, maths, a tiny training).
+"""The specialists' levers: the shared recipe with their own overrides, distillation from
+the base's softened predictions, and a seed of their own (params, maths, a tiny training).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from hmoe.steps.experts import (
     collapse,
     distill_targets,
     soften,
-    specialist_recipe,
     train_specialist,
 )
 from hmoe.steps.hooks import Fit, Hooks
@@ -27,10 +26,12 @@ from tests.support.synthetic import make_images
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"scratch_recipe": "fine"}, "`specialists.scratch_recipe`"),
-        ({"distill": 1.5}, "`specialists.distill`"),
+        ({"start": "fine"}, "`specialists.start`"),
+        ({"distill": 1.5, "temperature": 2.0}, "`specialists.distill`"),
         ({"distill": -0.1}, "`specialists.distill`"),
-        ({"temperature": 0}, "`specialists.temperature`"),
+        ({"distill": 0.5, "temperature": 0}, "`specialists.temperature`"),
+        ({"distill": 0.5}, "needs `specialists.temperature`"),
+        ({"temperature": 2.0}, "no effect while `specialists.distill` is 0"),
     ],
 )
 def test_bad_specialist_levers_are_named(raw_params, change, needle):
@@ -39,22 +40,15 @@ def test_bad_specialist_levers_are_named(raw_params, change, needle):
         parse_params(raw_params)
 
 
-def test_scratch_specialists_take_the_base_recipe_unless_told_otherwise(raw_params):
-    raw_params["specialists"].update(init_from_base=False, width=32, dustbin=0.5)
+def test_specialists_take_the_recipe_with_their_own_overrides(raw_params):
+    raw_params["specialists"].update(start="base", epochs=2, learning_rate=0.2, dustbin=0.5)
     p = parse_params(raw_params)
-    cfg = specialist_recipe(p)
-    assert (cfg.epochs, cfg.learning_rate, cfg.lookahead) == (
-        p.base.epochs,
-        p.base.learning_rate,
-        p.base.lookahead,
-    )
-    assert (cfg.width, cfg.dustbin) == (32, 0.5)  # the specialist's own fields stay
-    raw_params["specialists"]["scratch_recipe"] = "own"
-    own = parse_params(raw_params)
-    assert specialist_recipe(own) == own.specialists
-    raw_params["specialists"].update(init_from_base=True, width=None)
-    tuned = parse_params(raw_params)
-    assert specialist_recipe(tuned).epochs == tuned.specialists.epochs != tuned.base.epochs
+    cfg, recipe = p.specialists, p.recipe
+    assert (cfg.epochs, cfg.learning_rate, cfg.start) == (2, 0.2, "base")
+    assert cfg.init_from_base and not cfg.freeze_trunk
+    assert (cfg.momentum, cfg.lookahead) == (recipe.momentum, recipe.lookahead)  # shared
+    assert cfg.dustbin == 0.5
+    assert p.base.learning_rate == recipe.learning_rate != 0.2  # only the specialists moved
 
 
 def test_soften_is_identity_at_one_and_flattens_above_one():
@@ -94,8 +88,7 @@ def test_distilled_specialist_trains_on_soft_targets_and_embeds_as_a_distributio
 ):
     raw_params["net"]["width"] = 4
     raw_params["specialists"].update(
-        init_from_base=False, scratch_recipe="own", epochs=1, batch_size=16, patience=1,
-        distill=0.5, dustbin=dustbin,
+        epochs=1, batch_size=16, distill=0.5, temperature=2.0, dustbin=dustbin,
     )  # fmt: skip
     p = parse_params(raw_params)
     x, y = make_images(12, seed=0)
@@ -136,9 +129,7 @@ def test_specialists_get_their_own_seed_not_the_base_s(raw_params):
     initial weights, and retraining it starts it from the same ones.
     """
     raw_params["net"]["width"] = 4
-    raw_params["specialists"].update(
-        init_from_base=False, scratch_recipe="own", epochs=1, batch_size=16, patience=1
-    )
+    raw_params["specialists"].update(epochs=1, batch_size=16)
     p = parse_params(raw_params)
     x, y = make_images(10, seed=0)
     base = build_network(10, p.net, p.base, seed=p.seed, name="base", whitening_images=x)
@@ -155,3 +146,16 @@ def test_specialists_get_their_own_seed_not_the_base_s(raw_params):
     assert any(not np.array_equal(a, b) for a, b in zip(first, base_kernels, strict=True))
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_specialists_epochs_key_sets_how_long_they_train(raw_params):
+    """`specialists.epochs` is what the specialists train for (it used to be overwritten
+    by the base's recipe when they started from scratch).
+    """
+    raw_params["net"]["width"] = 4
+    raw_params["base"]["epochs"] = 1
+    raw_params["specialists"].update(epochs=2, batch_size=8)
+    p = parse_params(raw_params)
+    x, y = make_images(16, seed=0)
+    trained = train_specialist(p, p.groups, p.groups.names[0], (x, y), (x, y))
+    assert trained.summary["epochs_run"] == 2 != p.base.epochs
