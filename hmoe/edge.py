@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from hmoe import paths
 from hmoe.data.constants import DataError
 from hmoe.data.storage import atomic_write, load_split
 from hmoe.groups import Groups, GroupsError
-from hmoe.params import Params, ParamsError, flatten, load_params
+from hmoe.params import Params, ParamsError, load_params
 
 logger = logging.getLogger("hmoe")
 
@@ -84,10 +83,9 @@ def stage_params(stage: str, params: Params) -> dict[str, Any]:
     """The params this stage declares in dvc.yaml, with their values: what a backup is
     keyed on (:func:`backup_key`) and what the stage's MLflow run logs.
     """
-    spec = yaml.safe_load(Path("dvc.yaml").read_text())["stages"][stage.split("@", maxsplit=1)[0]]
-    declared = spec.get("do", spec).get("params", [])
-    flat = flatten(params)
-    return {k: v for k, v in flat.items() if any(k == d or k.startswith(f"{d}.") for d in declared)}
+    from hmoe.pipeline import stage as declared_stage
+
+    return declared_stage(stage).declared(params)
 
 
 def data_digest() -> str | None:

@@ -32,7 +32,7 @@ import numpy as np
 from hmoe import edge, modelset, paths, registry, runtime, tracking
 from hmoe.data.storage import file_md5
 from hmoe.edge import SplitFile, StageError
-from hmoe.params import Params
+from hmoe.params import Params, flatten
 from hmoe.steps.hooks import Fit, Hooks, NetworkJob
 
 if TYPE_CHECKING:
@@ -241,13 +241,14 @@ def register_mixture(groups: Groups, params: Params, example: np.ndarray) -> str
 
 
 def finish_pipeline(
-    run: StageRun, groups: Groups, result: Evaluation, files: Sequence[Path]
+    run: StageRun, params: Params, groups: Groups, result: Evaluation, files: Sequence[Path]
 ) -> None:
-    """Link the pipeline run to the versions behind every network file, then put the
-    summary metrics and the report on it and mark it finished.
+    """Link the pipeline run to the versions behind every network file, then put every
+    effective param (flattened: `mlflow ui` compares runs by them), the summary metrics
+    and the report on it and mark it finished.
     """
     outs = modelset.model_files(groups.names)
     md5s = {name: file_md5(path) for name, path in outs.items() if path.is_file()}
     registry.link_lineage(run.parent, md5s)
     tags = {"best_control": result.best_control}
-    tracking.finish_parent(run.parent, result.metrics, files, tags)
+    tracking.finish_parent(run.parent, result.metrics, files, tags, flatten(params))

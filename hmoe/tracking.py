@@ -29,6 +29,7 @@ from typing import Any
 import keras
 import mlflow
 import numpy as np
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 logger = logging.getLogger(__name__)
@@ -204,11 +205,16 @@ def finish_parent(
     metrics: Mapping[str, float],
     files: Sequence[Path] = (),
     tags: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> None:
-    """Put the summary metrics, the report's files and tags on the parent run and mark
-    the pipeline finished.
+    """Put the run's params, the summary metrics, the report's files and tags on the
+    parent run and mark the pipeline finished.
     """
     client = MlflowClient()
+    logged = client.get_run(parent_id).data.params
+    fresh = [Param(k, str(v)) for k, v in (params or {}).items() if k not in logged]
+    for start in range(0, len(fresh), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(parent_id, params=fresh[start : start + 100])
     for f in files:
         client.log_artifact(parent_id, str(f), "report")
     for k, v in (tags or {}).items():

@@ -42,7 +42,7 @@ def main() -> None:
         provenance = report.provenance(params, run.parent, run.wall_times())
         files = report.write_run_report(result, y, groups, provenance)
         observer.evaluated(run, params, mix, (x, y), result)
-    observer.finish_pipeline(run, groups, result, files)
+    observer.finish_pipeline(run, params, groups, result, files)
     logger.info("%s", report.headline(result.metrics, result.best_control))
 
 

@@ -125,6 +125,13 @@ def test_one_parent_with_a_child_per_stage(repo, client):
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert "mixture_accuracy" in parent.data.metrics
+    # every effective param, flattened, so `mlflow ui` compares pipeline runs by them
+    assert parent.data.params["specialists.epochs"] == "1"
+    assert parent.data.params["router.lookahead"] == "False"  # the router's override
+    assert (
+        parent.data.params["specialists.learning_rate"]
+        == parent.data.params["recipe.learning_rate"]
+    )
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {r.info.run_name for r in children} == STAGES
     for child in children:
