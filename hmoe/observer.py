@@ -65,7 +65,7 @@ class StageRun:
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
         """Keras callbacks that log each epoch's metrics to this run."""
-        return [tracking.EpochLogger()]
+        return [tracking.epoch_logger()]
 
     def register_network(
         self, model: keras.Model, name: str, example: np.ndarray, path: Path

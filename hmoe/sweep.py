@@ -32,14 +32,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import pandas as pd
 import yaml
@@ -111,10 +112,15 @@ def params_for(raw: Mapping[str, Any], overrides: Mapping[str, Any], seed_offset
 class Log:
     """MLflow when importable (parent per configuration x seed, child per step), else
     nothing: the device machines have no MLflow, and the sweep must still run there.
+
+    ``sweep_id`` names the sweep (its host and output folder, :func:`sweep_id`): a
+    parent of the same sweep, configuration and seed still RUNNING when the pair starts
+    again belongs to a process that was killed outright (SIGKILL, a lost node; a Ray
+    retry), and is marked KILLED.
     """
 
-    def __init__(self, experiment: str, enabled: bool = True) -> None:
-        self.mlflow = None
+    def __init__(self, experiment: str, enabled: bool = True, sweep_id: str = "") -> None:
+        self.mlflow, self.experiment_id, self.sweep_id = None, "", sweep_id
         if not enabled:
             return
         try:
@@ -124,18 +130,50 @@ class Log:
             return
         from hmoe import tracking
 
-        tracking.setup(experiment)
+        self.experiment_id = tracking.setup(experiment)
         self.mlflow = mlflow
 
     @contextlib.contextmanager
-    def parent(self, config: str, seed: int, params: Mapping[str, Any]) -> Iterator[None]:
+    def parent(
+        self,
+        config: str,
+        seed: int,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+    ) -> Iterator[None]:
         if self.mlflow is None:
             yield
             return
-        tags = {"sweep": "true", "sweep_config": config, "seed": str(seed)}
+        tags = {"sweep": "true", "sweep_config": config, "seed": str(seed), **(tags or {})}
+        if self.sweep_id:
+            tags["sweep_id"] = self.sweep_id
+            killed = self._mark_killed(config, seed)
+            if killed:
+                tags["resumes_runs"] = ",".join(killed)
         with self.mlflow.start_run(run_name=f"{config}-s{seed}", tags=tags):
             self.mlflow.log_params({k: v for k, v in params.items() if len(str(v)) < 500})
             yield
+
+    def _mark_killed(self, config: str, seed: int) -> list[str]:
+        """This sweep's RUNNING parents of (config, seed): their process died unannounced."""
+        client = self.mlflow.tracking.MlflowClient()
+        found = client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.sweep_id = '{self.sweep_id}' and tags.sweep_config = "
+            f"'{config}' and tags.seed = '{seed}' and attributes.status = 'RUNNING'",
+        )
+        for run in found:
+            steps = client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}' "
+                "and attributes.status = 'RUNNING'",
+            )
+            for dead in [*steps, run]:  # the step it was in, then the pair
+                client.set_terminated(dead.info.run_id, "KILLED")
+            logger.warning(
+                "%s seed %d: run %s was killed; marked KILLED", config, seed, run.info.run_id
+            )
+        return [r.info.run_id for r in found]
 
     @contextlib.contextmanager
     def step(self, name: str, reused: bool) -> Iterator[None]:
@@ -157,20 +195,62 @@ class Log:
             logger.warning("MLflow did not take the metrics (%s)", err)
 
 
+def sweep_id(out: Path) -> str:
+    """A sweep's identity in MLflow: the driver's host and output folder, hashed (a
+    rerun into the same folder is the same sweep; another user's is not).
+    """
+    where = f"{socket.gethostname()}:{out.resolve()}"
+    return hashlib.sha256(where.encode()).hexdigest()[:16]
+
+
+def set_threads(n: int | None) -> None:
+    """Size TensorFlow's intra- and inter-op thread pools to ``n`` CPUs.
+
+    TensorFlow ignores OMP_NUM_THREADS and starts a pool per core of the machine, so a
+    task given one CPU of a shared node would run on all of them; and the thread count
+    can change the order of a reduction, so runs compared number for number need the
+    same one. Must run before TensorFlow's first op; other backends are left as they are.
+    """
+    if not n:
+        return
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        logger.warning(
+            "thread count %d applies to TensorFlow only; %s keeps its own",
+            n, keras.backend.backend(),
+        )  # fmt: skip
+        return
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(n)
+    tf.config.threading.set_inter_op_parallelism_threads(n)
+    logger.info("TensorFlow: %d intra-op and %d inter-op threads", n, n)
+
+
 # -- the runner -----------------------------------------------------------------------
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Wall time of every epoch (an epoch-level callback: no per-step sync)."""
+@functools.cache
+def _epoch_timer_class() -> type:
+    """The callback class, built on first use: importing this module loads no Keras
+    (the Ray engine's driver imports it and must not load TensorFlow).
+    """
+    import keras
 
-    def on_train_begin(self, logs=None):
-        self.times: list[float] = []
+    class EpochTimer(keras.callbacks.Callback):
+        """Wall time of every epoch (an epoch-level callback: no per-step sync)."""
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._t0 = time.perf_counter()
+        def on_train_begin(self, logs=None):
+            self.times: list[float] = []
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self._t0)
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self._t0)
+
+    return EpochTimer
 
 
 class SweepHooks:
@@ -186,12 +266,12 @@ class SweepHooks:
     def network(self, job):
         from hmoe.steps.hooks import Fit
 
-        self._timer = EpochTimer()
+        self._timer = _epoch_timer_class()()
         callbacks = [self._timer]
         if self.log.mlflow is not None:
-            from hmoe.tracking import EpochLogger
+            from hmoe.tracking import epoch_logger
 
-            callbacks.append(EpochLogger())
+            callbacks.append(epoch_logger())
         yield Fit(callbacks)
 
     def finished(self, job, model, summary):
@@ -227,6 +307,8 @@ class Runner:
         reused = full in self.cache
         with self.log.step(step, reused):
             if not reused:
+                import keras
+
                 keras.utils.set_random_seed(seed)
                 start = time.perf_counter()
                 if self.hooks is not None:
@@ -247,7 +329,7 @@ class Runner:
         Each stage's key is the resolved params it lists plus its upstream stages' keys
         (what DVC hashes), so a network is reused exactly when DVC would reuse it.
         """
-        from hmoe.pipeline import read_stages, upstream
+        from hmoe.pipeline import read_stages
 
         self.seconds = {}
         hooks = self.hooks = self.hooks or SweepHooks(self.log)
@@ -257,11 +339,9 @@ class Runner:
         missing = [s.name for s in stages if s.name not in steps]
         if missing:
             raise SweepError(f"dvc.yaml stages with no step in hmoe.sweep: {missing}")
-        keys: dict[str, tuple] = {}
+        keys = stage_keys(p, stages)
         done: dict[str, Any] = {}
         for stage in stages:
-            declared = tuple(sorted(stage.declared(p).items()))
-            keys[stage.name] = (declared, *(keys[u.name] for u in upstream(stage, stages)))
             step = stage.name.removeprefix("train_")
             make = functools.partial(steps[stage.name], done)
             done[stage.name] = self.cached(step, keys[stage.name], p.seed, make)
@@ -286,6 +366,19 @@ class Runner:
         row["cost_train_gmacs_mixture"], row["cost_train_s_mixture"] = gmacs, secs
         row["cost_train_gmacs_base"] = self.cost.get(("base", *keys["train_base"]), (0.0, 0.0))[0]
         return row
+
+
+def stage_keys(p: Params, stages: Sequence[Any]) -> dict[str, tuple]:
+    """Each stage's reuse key under ``p``: the resolved params it lists plus its
+    upstream stages' keys (what DVC hashes), in pipeline order.
+    """
+    from hmoe.pipeline import upstream
+
+    keys: dict[str, tuple] = {}
+    for stage in stages:
+        declared = tuple(sorted(stage.declared(p).items()))
+        keys[stage.name] = (declared, *(keys[u.name] for u in upstream(stage, stages)))
+    return keys
 
 
 # The stages whose networks the mixture is made of (its training cost).
@@ -405,57 +498,264 @@ def prepare_data(raw: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarr
     return prepare(load_source(edge.resolve_source(p.data.source)), p.data).splits
 
 
-def run_sweep(spec: SweepSpec, out: Path, *, track: bool = True) -> pd.DataFrame:
-    """Run every configuration x seed not yet in ``out``/findings.csv; write findings."""
-    from hmoe import runtime
+@dataclass(frozen=True)
+class Pair:
+    """One configuration x seed still to run: its name, overrides and resolved params."""
 
-    out.mkdir(parents=True, exist_ok=True)
-    csv = out / "findings.csv"
-    done = pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=["config", "seed"])
-    first = params_for(spec.raw, {}, 0)
+    config: str
+    overrides: dict[str, Any]
+    params: Params
+
+    @property
+    def seed(self) -> int:
+        return self.params.seed
+
+
+def shared_params(spec: SweepSpec) -> Params:
+    """The reference params, after checking that every configuration shares the `data`
+    section: the splits are prepared once for all of them.
+    """
     datas = {params_for(spec.raw, o, 0).data for o in spec.configurations.values()}
     if len(datas) > 1:
         raise SweepError("configurations must share the `data` section (one set of splits)")
-    policy, why, jit, jit_why = runtime.setup(first)
-    logger.info("precision %s (%s), compiled %s (%s)", policy, why, jit, jit_why)
-    start = time.perf_counter()
-    runner = Runner(prepare_data(spec.raw), Log(f"{first.mlflow.experiment}-sweep", track))
-    logger.info("data prepared in %.1f s", time.perf_counter() - start)
-    rows = done.to_dict("records")
-    provenance = {"commit": _commit(), "machine": runtime.machine()}
+    return params_for(spec.raw, {}, 0)
+
+
+def experiment_name(p: Params) -> str:
+    return f"{p.mlflow.experiment}-sweep"
+
+
+def finished_rows(out: Path) -> pd.DataFrame:
+    """The rows already in ``out``/findings.csv (none for a new folder)."""
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "findings.csv"
+    return pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=["config", "seed"])
+
+
+def pending_pairs(spec: SweepSpec, done: pd.DataFrame) -> list[Pair]:
+    """Every configuration x seed not in ``done``, seed by seed."""
+    pairs = []
     for offset in range(spec.seeds):
         for name, overrides in spec.configurations.items():
             p = params_for(spec.raw, overrides, offset)
             if ((done["config"] == name) & (done["seed"] == p.seed)).any():
-                logger.info("%s seed %d: already in %s", name, p.seed, csv)
+                logger.info("%s seed %d: already in findings.csv", name, p.seed)
                 continue
-            t0 = time.perf_counter()
-            runtime.setup(p)  # this configuration's precision and compilation
-            flat = _flat(overrides) | {"seed": p.seed}
-            with runner.log.parent(name, p.seed, flat):
-                row = {"config": name, "seed": p.seed, **runner.run(p), **provenance}
-                row["wall_s"] = time.perf_counter() - t0
-                save_labels(out / "labels" / f"{name}-s{p.seed}.npz", runner, spec)
-                runner.log.metrics({k: v for k, v in row.items() if _is_number(v)})
-            rows.append(row)
-            pd.DataFrame(rows).to_csv(csv, index=False)  # nothing lost on a crash
-            logger.info(
-                "%s seed %d: mixture %.4f, base %.4f (%.0f s)",
-                name, p.seed, row["mixture_accuracy"], row["base_accuracy"], row["wall_s"],
-            )  # fmt: skip
+            pairs.append(Pair(name, overrides, p))
+    return pairs
+
+
+def run_sweep(
+    spec: SweepSpec, out: Path, *, track: bool = True, threads: int | None = None
+) -> pd.DataFrame:
+    """Run every configuration x seed not yet in ``out``/findings.csv; write findings."""
+    from hmoe import runtime
+
+    done = finished_rows(out)
+    first = shared_params(spec)
+    pairs = pending_pairs(spec, done)
+    set_threads(threads)  # before TensorFlow's first op
+    policy, why, jit, jit_why = runtime.setup(first)
+    logger.info("precision %s (%s), compiled %s (%s)", policy, why, jit, jit_why)
+    start = time.perf_counter()
+    log = Log(experiment_name(first), track, sweep_id(out))
+    runner = Runner(prepare_data(spec.raw), log)
+    logger.info("data prepared in %.1f s", time.perf_counter() - start)
+    rows = done.to_dict("records")
+    provenance = {"commit": _commit(), "machine": runtime.machine()}
+    for pair in pairs:
+        row = run_pair(runner, pair, provenance)
+        add_row(rows, row, runner.labels, out, runner.splits["test"][1])
+    return finish(rows, out, spec.reference, start)
+
+
+def reuse_groups(pairs: Sequence[Pair]) -> list[list[Pair]]:
+    """The pairs that share a network, together, in order: what one worker must run so
+    that every network is still trained once. Two pairs share one when a stage past
+    `prepare` (done once, by the caller) has the same key under both; with today's
+    dvc.yaml that is exactly when their `train_base` keys are equal (the same seed and
+    base params), as every other network's key holds the base's params or key.
+    """
+    from hmoe.pipeline import read_stages
+
+    stages = read_stages()
+    root = list(range(len(pairs)))
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            i = root[i] = root[root[i]]
+        return i
+
+    first_with: dict[tuple, int] = {}
+    for i, pair in enumerate(pairs):
+        for name, key in stage_keys(pair.params, stages).items():
+            if name != "prepare":
+                root[find(i)] = find(first_with.setdefault((name, key), i))
+    groups: dict[int, list[Pair]] = {}
+    for i, pair in enumerate(pairs):
+        groups.setdefault(find(i), []).append(pair)
+    return list(groups.values())
+
+
+@dataclass(frozen=True)
+class TaskSetup:
+    """What a worker needs besides its pairs and the splits, resolved by the driver:
+    threads (its CPUs), where MLflow is (None: no MLflow), the sweep's identity and
+    the commit its code is at.
+    """
+
+    threads: int
+    tracking_uri: str | None
+    experiment: str
+    sweep_id: str
+    commit: str
+
+
+def run_group(
+    pairs: Sequence[Pair],
+    splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    where: Mapping[str, Any],
+    *,
+    setup: TaskSetup,
+) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """A reuse group in a worker process: (row, test labels) per pair. ``where`` (node,
+    attempt, process id) goes on each MLflow parent run; node and attempt on each row.
+    """
+    import os
+
+    from hmoe import runtime
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    set_threads(setup.threads)  # before TensorFlow's first op
+    if setup.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = setup.tracking_uri
+    runtime.setup(pairs[0].params)
+    log = Log(setup.experiment, setup.tracking_uri is not None, setup.sweep_id)
+    runner = Runner(dict(splits), log)
+    provenance = {"commit": setup.commit, "machine": runtime.machine()}
+    tags = {k: str(v) for k, v in where.items()}
+    results = []
+    for pair in pairs:
+        row = run_pair(runner, pair, provenance, tags)
+        row |= {"node": where["node"], "attempt": where["attempt"]}
+        results.append((row, dict(runner.labels)))
+    return results
+
+
+def run_sweep_ray(spec: SweepSpec, out: Path, options: Any, *, track: bool = True) -> pd.DataFrame:
+    """The sweep as Ray tasks, one per reuse group (:mod:`hmoe.sweep_ray`).
+
+    This process plans, prepares the splits once and writes every row as its task
+    returns: a retried task cannot write a row twice. It imports no Keras, so it runs
+    no TensorFlow op and holds no GPU.
+    """
+    from hmoe import sweep_ray
+
+    done = finished_rows(out)
+    first = shared_params(spec)
+    groups = reuse_groups(pending_pairs(spec, done))
+    rows, start = done.to_dict("records"), time.perf_counter()
+    if groups:
+        logger.info("%d reuse group(s): one Ray task each", len(groups))
+        uri = _tracking_uri(experiment_name(first), track, remote=bool(options.address))
+        setup = TaskSetup(options.cpus, uri, experiment_name(first), sweep_id(out), _commit())
+        splits = prepare_data(spec.raw)
+        task = functools.partial(run_group, setup=setup)
+        failed = []
+        for group, result in sweep_ray.run_tasks(task, groups, splits, options, out):
+            if isinstance(result, Exception):
+                names = ", ".join(f"{p.config} seed {p.seed}" for p in group)
+                logger.error("%s failed: %s", names, result)
+                failed.append(names)
+                continue
+            for row, labels in result:
+                add_row(rows, row, labels, out, splits["test"][1])
+        if failed:
+            raise SweepError(
+                f"{len(failed)} task(s) failed ({'; '.join(failed)}); the finished rows "
+                "are in findings.csv and a rerun runs the rest"
+            )
+    return finish(rows, out, spec.reference, start)
+
+
+def _tracking_uri(experiment: str, track: bool, remote: bool) -> str | None:
+    """The MLflow store every task logs to, checked and with the experiment made here
+    (None without MLflow).
+    """
+    if not track:
+        return None
+    try:
+        from hmoe import tracking
+    except ImportError:
+        logger.info("MLflow is not installed: the sweep is logged to its folder only")
+        return None
+    tracking.setup(experiment)
+    uri = tracking.tracking_uri()
+    if remote and not uri.startswith(("http://", "https://")):
+        logger.warning(
+            "MLflow store %s is a file on this machine: tasks on other hosts can only "
+            "reach it through a shared filesystem; use the team's server (docs/team.md)",
+            tracking.masked(uri),
+        )
+    return uri
+
+
+def run_pair(
+    runner: Runner,
+    pair: Pair,
+    provenance: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """One configuration x seed under its MLflow parent run; returns its findings row
+    (its test labels stay in ``runner.labels``).
+    """
+    from hmoe import runtime
+
+    p, t0 = pair.params, time.perf_counter()
+    runtime.setup(p)  # this configuration's precision and compilation
+    flat = _flat(pair.overrides) | {"seed": p.seed}
+    with runner.log.parent(pair.config, p.seed, flat, tags):
+        row = {"config": pair.config, "seed": p.seed, **runner.run(p), **provenance}
+        row["wall_s"] = time.perf_counter() - t0
+        runner.log.metrics({k: v for k, v in row.items() if _is_number(v)})
+    return row
+
+
+def add_row(
+    rows: list[dict[str, Any]],
+    row: dict[str, Any],
+    labels: Mapping[str, np.ndarray],
+    out: Path,
+    y: np.ndarray,
+) -> None:
+    """Append a finished row and rewrite findings.csv (nothing lost on a crash), with
+    the row's test labels beside it.
+    """
+    name, seed = row["config"], row["seed"]
+    save_labels(out / "labels" / f"{name}-s{seed}.npz", labels, y)
+    rows.append(row)
+    pd.DataFrame(rows).to_csv(out / "findings.csv", index=False)
+    logger.info(
+        "%s seed %d: mixture %.4f, base %.4f (%.0f s)",
+        name, seed, row["mixture_accuracy"], row["base_accuracy"], row["wall_s"],
+    )  # fmt: skip
+
+
+def finish(rows: list[dict[str, Any]], out: Path, reference: str, start: float) -> pd.DataFrame:
+    """findings.md and findings.png from every row."""
     frame = pd.DataFrame(rows)
-    write_findings(frame, out, spec.reference)
+    write_findings(frame, out, reference)
     logger.info("sweep done in %.1f s: %s", time.perf_counter() - start, out / "findings.md")
     return frame
 
 
-def save_labels(path: Path, runner: Runner, spec: SweepSpec) -> None:
+def save_labels(path: Path, labels: Mapping[str, np.ndarray], y: np.ndarray) -> None:
     """Every predictor's test labels and the truth, so any paired statistic can be
     recomputed later without retraining (a few kB per configuration x seed).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.asarray(v, dtype=np.int8) for k, v in runner.labels.items()}
-    np.savez_compressed(path, y=runner.splits["test"][1].astype(np.int8), **arrays)
+    arrays = {k: np.asarray(v, dtype=np.int8) for k, v in labels.items()}
+    np.savez_compressed(path, y=np.asarray(y).astype(np.int8), **arrays)
 
 
 def _commit() -> str:
@@ -481,14 +781,39 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+RAY_ONLY = ("address", "gpus_per_task", "cpus_per_task", "memory_per_task", "max_retries")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("file", type=Path, help="the sweep file (YAML)")
     parser.add_argument("--seeds", type=int, help="seeds per configuration (file's `seeds`)")
     parser.add_argument("--out", type=Path, default=Path("sweeps/out"), help="output folder")
     parser.add_argument("--source", help="override data.source (e.g. the shared zip)")
     parser.add_argument("--no-mlflow", action="store_true", help="log to the folder only")
+    parser.add_argument("--threads", type=int, help="TensorFlow threads (in-process engine)")
+    parser.add_argument(
+        "--engine", choices=("inprocess", "ray"), default="inprocess",
+        help="inprocess (default) or ray: one Ray task per reuse group (docs/team.md)",
+    )  # fmt: skip
+    ray = parser.add_argument_group("ray engine")
+    ray.add_argument("--address", help="a running Ray cluster (HOST:PORT); else a local Ray")
+    ray.add_argument("--gpus-per-task", type=float, help="GPUs per task (default 0)")
+    ray.add_argument("--cpus-per-task", type=int, help="CPUs, and so threads, per task (1)")
+    ray.add_argument("--memory-per-task", type=float, help="GiB of memory per task (4)")
+    ray.add_argument("--max-retries", type=int, help="retries of a task whose worker died (3)")
     args = parser.parse_args(argv)
+    if args.engine != "ray":
+        given = [f"--{k.replace('_', '-')}" for k in RAY_ONLY if getattr(args, k) is not None]
+        if given:
+            parser.error(f"{', '.join(given)} need --engine ray")
+    elif args.threads is not None:
+        parser.error("--threads is for the in-process engine; with Ray use --cpus-per-task")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -497,11 +822,32 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.source:
             raw = merged(spec.raw, {"data": {"source": args.source}})
             spec = replace(spec, raw=raw)
+        if args.threads is not None and args.threads < 1:
+            raise SweepError("--threads must be at least 1")
     except (SweepError, ParamsError) as err:
         raise SystemExit(f"hmoe.sweep: {err}") from None
-    frame = run_sweep(spec, args.out, track=not args.no_mlflow)
+    if args.engine == "ray":
+        frame = _main_ray(spec, args)
+    else:
+        frame = run_sweep(spec, args.out, track=not args.no_mlflow, threads=args.threads)
     print(findings_markdown(frame, spec.reference))  # noqa: T201  (a CLI's output)
 
 
+def _main_ray(spec: SweepSpec, args: argparse.Namespace) -> pd.DataFrame:
+    """The Ray engine, its errors on one line (no traceback for what the user can fix)."""
+    from hmoe import sweep_ray
+    from hmoe.tracking import TrackingUnavailable
+
+    try:
+        options = sweep_ray.RayOptions.from_args(args)
+        return run_sweep_ray(spec, args.out, options, track=not args.no_mlflow)
+    except (SweepError, sweep_ray.RayEngineError, TrackingUnavailable) as err:
+        raise SystemExit(f"hmoe.sweep: {err}") from None
+
+
 if __name__ == "__main__":
-    main()
+    # Run the imported module's main, not this __main__ copy's: Ray pickles functions
+    # and classes of an importable module by reference, of __main__ by value.
+    from hmoe.sweep import main as _imported_main
+
+    _imported_main()

@@ -17,6 +17,7 @@ change no output and it is in no stage's DVC deps.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -26,7 +27,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import keras
 import mlflow
 import numpy as np
 from mlflow.entities import Param
@@ -272,12 +272,24 @@ def mark_killed_attempts(experiment_id: str, parent: str, stage: str) -> list[st
     return [r.info.run_id for r in found]
 
 
-class EpochLogger(keras.callbacks.Callback):
-    """Per-epoch Keras metrics to the active MLflow run (step = epoch)."""
+def epoch_logger() -> Any:
+    """A Keras callback logging per-epoch metrics to the active MLflow run (step = epoch)."""
+    return _epoch_logger_class()()
 
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        if logs:
-            mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+
+@functools.cache
+def _epoch_logger_class() -> type:
+    """Built on first use: importing this module loads no Keras, so the Ray sweep's
+    driver can resolve and check the tracking store without loading TensorFlow.
+    """
+    import keras
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+            if logs:
+                mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+
+    return EpochLogger
 
 
 def log_dataset(context: str, x: np.ndarray, y: np.ndarray, source: Path, digest: str) -> None:

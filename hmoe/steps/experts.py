@@ -186,6 +186,10 @@ def _train(
         raise ValueError(f"{name}: init_from_base needs the trained base")
     job = NetworkJob(name, seed, n_outputs, len(train[1]), len(val[1]), cfg.init_from_base)
     with hooks.network(job) as fit:
+        # Seeded here, so the network depends on its seed alone, not on what the caller
+        # drew before (loading the base from disk draws initialiser seeds; the sweep
+        # keeps it in memory): a stage and the sweep build the same network.
+        keras.utils.set_random_seed(seed)
         model = build_network(
             n_outputs,
             params.net,

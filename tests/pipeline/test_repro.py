@@ -109,7 +109,7 @@ def test_the_sweep_runs_dvc_yaml_s_steps_to_the_same_numbers(repo, tmp_path):
     spec.write_text(yaml.safe_dump({"configurations": {"default": {}}}))
     cmd = [sys.executable, "-m", "hmoe.sweep", str(spec), "--seeds", "1", "--no-mlflow"]
     _run([*cmd, "--out", str(tmp_path / "out")], root, env, timeout=900)
-    row = pd.read_csv(tmp_path / "out/findings.csv").iloc[0]
+    row = pd.read_csv(tmp_path / "out/findings.csv", float_precision="round_trip").iloc[0]
     metrics = json.loads((root / "reports/metrics.json").read_text())
     accuracies = [k for k in metrics if k.endswith("_accuracy")]
     assert len(accuracies) >= 10

@@ -109,7 +109,8 @@ def test_every_configuration_and_seed_is_an_mlflow_parent_with_step_children(swe
         assert "mixture_accuracy" in parent.data.metrics
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert {r.data.tags["step"] for r in children} == {
-            "base", "second_base", "groups", "specialists", "router", "gates", "evaluate",
+            "prepare", "base", "second_base", "groups", "specialists", "router", "gates",
+            "evaluate",
         }  # fmt: skip
 
 

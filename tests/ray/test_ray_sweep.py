@@ -1,0 +1,196 @@
+"""`python -m hmoe.sweep --engine ray` on a real Ray cluster of two nodes on this
+machine (tests/support/raycluster.py: `ray start --head`, then `ray start --address`),
+never a mock: the tiny sweep of tests/pipeline/test_sweep.py, one task's worker killed
+with SIGKILL while it trains, compared number for number with the in-process engine at
+the same thread count (one: each node has one CPU).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import yaml
+
+from hmoe.teamstack import stop_tree
+from tests.pipeline.test_sweep import SWEEP
+from tests.support import raycluster
+from tests.support.tiers import has_module, need
+from tests.support.tinyrepo import base_env, make_repo, run
+
+pytestmark = pytest.mark.ray
+RAY_INSTALL = "pip install -e '.[dev,ray]'"
+EXPERIMENT = "hmoe-ray-test-sweep"
+SWEEP_CMD = [sys.executable, "-m", "hmoe.sweep", "tiny-sweep.yaml", "--seeds", "2"]
+PAIRS = [("default", 42), ("default", 43), ("scratch_soft", 42), ("scratch_soft", 43)]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    need(has_module("ray"), f"the ray tier needs the ray extra: {RAY_INSTALL}")
+    root = tmp_path_factory.mktemp("ray")
+    env = base_env(root / "repo") | {"OMP_NUM_THREADS": "1"}  # as Ray sets it for 1 CPU
+    repo = make_repo(root, "hmoe-ray-test", env)
+    (repo / "tiny-sweep.yaml").write_text(yaml.safe_dump(SWEEP))
+    return repo, env
+
+
+@pytest.fixture(scope="module")
+def in_process(repo):
+    """The same sweep in one process on one thread: the numbers to match."""
+    path, env = repo
+    run([*SWEEP_CMD, "--out", "inproc", "--threads", "1", "--no-mlflow"], path, env, 1200)
+    return pd.read_csv(path / "inproc/findings.csv")
+
+
+@pytest.fixture(scope="module")
+def cluster(repo):
+    _, env = repo
+    with raycluster.cluster(env, nodes=2, cpus=1) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def ray_sweep(repo, cluster):
+    """The sweep through the cluster with MLflow; the first task to open a run is
+    SIGKILLed then. Returns the findings, the killed run, the TensorFlow libraries the
+    driver had loaded at that moment, and the driver's log.
+    """
+    path, _ = repo
+    cmd = [*SWEEP_CMD, "--out", "rayout", "--engine", "ray", "--address", cluster.address]
+    log_file = path / "ray-sweep.log"
+    with log_file.open("w") as log:
+        driver = subprocess.Popen(
+            [*cmd, "--memory-per-task", "1"],
+            cwd=path, env=cluster.env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            killed, driver_tf = _kill_a_training_worker(path, driver)
+            driver.wait(timeout=1200)
+        finally:
+            if driver.poll() is None:
+                stop_tree(driver)
+    text = log_file.read_text()
+    assert driver.returncode == 0, text[-4000:]
+    return pd.read_csv(path / "rayout/findings.csv"), killed, driver_tf, text
+
+
+def _client(path: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{path / 'mlflow.db'}")
+
+
+def _parents(path: Path) -> list:
+    client = _client(path)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], "tags.sweep = 'true'")
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+def _kill_a_training_worker(path: Path, driver: subprocess.Popen, timeout: float = 900):
+    """SIGKILL the worker of the first RUNNING parent run (its `pid` tag)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert driver.poll() is None, "the sweep ended before a worker could be killed"
+        running = [r for r in _parents(path) if r.info.status == "RUNNING"]
+        if running:
+            maps = psutil.Process(driver.pid).memory_maps()
+            driver_tf = [m.path for m in maps if "tensorflow" in m.path.lower()]
+            os.kill(int(running[0].data.tags["pid"]), signal.SIGKILL)
+            return running[0], driver_tf
+        time.sleep(0.5)
+    raise AssertionError(f"no task opened an MLflow run within {timeout} s")
+
+
+def test_every_row_once_from_both_nodes(ray_sweep):
+    frame, killed, _, _ = ray_sweep
+    assert sorted(zip(frame["config"], frame["seed"], strict=True)) == PAIRS
+    assert frame["node"].nunique() == 2
+    seed = int(killed.data.tags["seed"])
+    attempts = frame.set_index(["config", "seed"])["attempt"]
+    for config, s in PAIRS:  # the killed task's group ran again, the other once
+        assert attempts[(config, s)] == (1 if s == seed else 0)
+
+
+def test_a_configuration_reusing_the_base_trains_none(ray_sweep):
+    frame = ray_sweep[0].set_index(["config", "seed"])
+    for seed in (42, 43):
+        assert frame.loc[("default", seed), "base_s"] > 0
+        assert frame.loc[("scratch_soft", seed), "base_s"] == 0
+        assert frame.loc[("scratch_soft", seed), "specialists_s"] > 0
+
+
+def test_accuracies_equal_the_in_process_run(ray_sweep, in_process):
+    ray_frame = ray_sweep[0].set_index(["config", "seed"]).sort_index()
+    local = in_process.set_index(["config", "seed"]).sort_index()
+    columns = [c for c in local if c.endswith(("accuracy", "_only_a", "_only_b"))]
+    assert len(columns) > 10
+    pd.testing.assert_frame_equal(ray_frame[columns], local[columns])
+
+
+def test_the_killed_run_is_marked_killed_and_its_retry_finished(ray_sweep, repo):
+    _, killed, _, _ = ray_sweep
+    path, _ = repo
+    parents = _parents(path)
+    mine = (killed.data.tags["sweep_config"], killed.data.tags["seed"])
+    by_pair: dict[tuple[str, str], list] = {}
+    for run_ in parents:
+        by_pair.setdefault((run_.data.tags["sweep_config"], run_.data.tags["seed"]), []).append(
+            run_
+        )
+    assert len(by_pair) == 4
+    for pair, runs in by_pair.items():
+        statuses = sorted(r.info.status for r in runs)
+        assert statuses == (["FINISHED", "KILLED"] if pair == mine else ["FINISHED"]), pair
+    retry = next(r for r in by_pair[mine] if r.info.status == "FINISHED")
+    assert retry.data.tags["resumes_runs"] == killed.info.run_id
+    assert retry.data.tags["attempt"] == "1"
+    client = _client(path)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert not client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
+
+
+def test_nothing_leaves_this_machine_and_the_driver_loads_no_tensorflow(ray_sweep, cluster):
+    _, _, driver_tf, _ = ray_sweep
+    assert driver_tf == []
+    head_log = cluster.logs[0].read_text()
+    assert "Usage stats collection is disabled" in head_log
+    local = {
+        ipaddress.ip_address(a.address.split("%")[0])
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family in (2, 10)  # AF_INET, AF_INET6
+    }
+    procs = cluster.processes()
+    assert len(procs) >= 8  # two raylets, the GCS, agents...
+    for proc in procs:
+        try:
+            conns = proc.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        for c in conns:
+            if c.raddr:
+                ip = ipaddress.ip_address(c.raddr.ip)
+                ip = getattr(ip, "ipv4_mapped", None) or ip
+                assert ip in local, (proc.name(), c)
+            if c.status == psutil.CONN_LISTEN:
+                assert c.laddr.port != 8265, f"{proc.name()} serves a dashboard"
+
+
+def test_a_rerun_skips_finished_rows(ray_sweep, repo, cluster):
+    path, _ = repo
+    cmd = [*SWEEP_CMD, "--out", "rayout", "--engine", "ray", "--address", cluster.address]
+    log = run(cmd, path, cluster.env, timeout=600)
+    assert log.count("already in") == 4 and "reuse group" not in log
+    assert len(pd.read_csv(path / "rayout/findings.csv")) == 4
