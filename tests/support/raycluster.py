@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -161,11 +162,16 @@ def _alive(p: psutil.Process) -> bool:
 
 
 def main() -> None:
+    """Until Ctrl-C or SIGTERM (also when started in the background, where the shell
+    has SIGINT ignored), then stop the cluster.
+    """
     logging.basicConfig(level=logging.INFO)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with cluster(os.environ) as c:
         print(f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN={c.env['RAY_AUTH_TOKEN']}")
         print(f"python -m hmoe.sweep FILE --engine ray --address {c.address} ...")
-        print("Ctrl-C stops the cluster", flush=True)
+        print(f"Ctrl-C or kill {os.getpid()} stops the cluster", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)
