@@ -25,6 +25,12 @@ per configuration the mean ± std of each accuracy and control over seeds, the p
 differences against the reference and against two bases with t-intervals across seeds,
 per seed McNemar, and accuracy against inference cost. Only the test split of the
 steps' evaluate is scored; it chooses nothing.
+
+``--engine ray`` runs the same pairs as Ray tasks (:mod:`hmoe.sweep_ray`, docs/team.md):
+one task per reuse group (the pairs that share a network), so every network is still
+trained once; this process only plans, prepares the splits and writes the rows. At the
+same TensorFlow thread count (``--threads`` here, ``--cpus-per-task`` there) the
+numbers are the in-process run's, bit for bit.
 """
 
 from __future__ import annotations
@@ -797,7 +803,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="inprocess (default) or ray: one Ray task per reuse group (docs/team.md)",
     )  # fmt: skip
     ray = parser.add_argument_group("ray engine")
-    ray.add_argument("--address", help="a running Ray cluster (HOST:PORT); else a local Ray")
+    ray.add_argument(
+        "--address", help="a running Ray cluster, HOST:PORT ($RAY_ADDRESS); else a local Ray"
+    )
     ray.add_argument("--gpus-per-task", type=float, help="GPUs per task (default 0)")
     ray.add_argument("--cpus-per-task", type=int, help="CPUs, and so threads, per task (1)")
     ray.add_argument("--memory-per-task", type=float, help="GiB of memory per task (4)")

@@ -57,7 +57,7 @@ class RayOptions:
     def from_args(cls, args: argparse.Namespace) -> RayOptions:
         """The command line's options, checked (defaults for what it leaves out)."""
         given = {
-            "address": args.address,
+            "address": args.address or os.environ.get("RAY_ADDRESS") or None,  # as `ray` does
             "cpus": args.cpus_per_task,
             "gpus": args.gpus_per_task,
             "memory_gib": args.memory_per_task,

@@ -58,8 +58,10 @@ def test_engine_options_are_refused_where_they_do_nothing(argv, capsys):
     assert "--" in capsys.readouterr().err
 
 
-def test_ray_options_are_checked():
+def test_ray_options_are_checked(monkeypatch):
     from hmoe.sweep_ray import RayEngineError, RayOptions
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
     args = parse_args(["s.yaml", "--engine", "ray", "--cpus-per-task", "2"])
     assert RayOptions.from_args(args) == RayOptions(cpus=2)
