@@ -75,6 +75,8 @@ def ray_sweep(repo, cluster):
         try:
             killed, driver_tf = _kill_a_training_worker(path, driver)
             driver.wait(timeout=1200)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{log_file.read_text()[-4000:]}") from None
         finally:
             if driver.poll() is None:
                 stop_tree(driver)
@@ -90,11 +92,17 @@ def _client(path: Path):
 
 
 def _parents(path: Path) -> list:
-    client = _client(path)
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    if exp is None:
-        return []
-    runs = client.search_runs([exp.experiment_id], "tags.sweep = 'true'")
+    """The sweep's parent runs. Under the store's lock: the driver may be creating the
+    SQLite schema, and a second migration at once fails (hmoe.tracking.store_lock).
+    """
+    from hmoe import tracking
+
+    with tracking.store_lock(f"sqlite:///{path / 'mlflow.db'}"):
+        client = _client(path)
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        if exp is None:
+            return []
+        runs = client.search_runs([exp.experiment_id], "tags.sweep = 'true'")
     return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
 
 

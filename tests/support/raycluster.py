@@ -137,7 +137,7 @@ def processes(mark: str) -> list[psutil.Process]:
     return [p for p in found.values() if _alive(p)]
 
 
-def stop(mark: str, timeout: float = 10) -> None:
+def stop(mark: str, timeout: float = 5) -> None:
     """SIGTERM to every process of the cluster, SIGKILL to what is left after ``timeout``."""
     family = processes(mark)
     for p in family:
