@@ -9,13 +9,13 @@ A package folder listed as a dep (e.g. ``hmoe/data``) covers every module in it.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.support.imports import imported
 
 # MLflow logging and registration: values flow into them, never out to an output file.
 LOGGING_ONLY = {Path("hmoe/tracking.py"), Path("hmoe/registry.py"), Path("hmoe/observer.py")}
@@ -33,18 +33,8 @@ def _module_file(name: str) -> Path | None:
 def _imports(file: Path) -> set[str]:
     """Project modules named by every import statement in ``file``."""
     package = ".".join(file.relative_to(ROOT).with_suffix("").parts[:-1])
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(file.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parts, base] if base else parts)
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}
-    return {m for m in found if m.split(".")[0] in ("hmoe", "stages") and _module_file(m)}
+    found = imported(file, package, lambda m: _module_file(m) is not None, parent=True)
+    return {m for m in found if m.split(".")[0] in ("hmoe", "stages")}
 
 
 def closure(module: str) -> set[Path]:

@@ -9,10 +9,10 @@ depend on how runs are logged (tests/unit/test_dvc_deps.py keeps it out of DVC's
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 from tests.conftest import ROOT
+from tests.support import imports
 
 PACKAGE = ROOT / "hmoe"
 # Modules that only observe: values flow in as arguments, nothing flows back.
@@ -34,18 +34,7 @@ def imported(file: Path, known: set[str]) -> set[str]:
     """
     name = module_name(file)
     package = name if file.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(file.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            subs = {f"{base}.{alias.name}" for alias in node.names} & known
-            found |= subs or {base}
-    return {m for m in found if m in known and m != name}
+    return imports.imported(file, package, known.__contains__, parent=False) - {name}
 
 
 def import_graph() -> dict[str, set[str]]:
