@@ -83,6 +83,9 @@ def train_gates(
         time.perf_counter() - start,
     )
     n_in = out_fit.for_gate(0, seen).shape[1]
+    # Seeded here, so the gates depend on the seed alone, not on what the caller drew
+    # before (a stage that loads the frozen networks from disk draws initialiser seeds).
+    keras.utils.set_random_seed(params.seed)
     gates = [build_gate(n_in, hidden=cfg.hidden, name=f"gate_{g}") for g in groups.names]
     history = fit_gates(
         gates,
