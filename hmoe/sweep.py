@@ -136,7 +136,7 @@ class Log:
             return
         from hmoe import tracking
 
-        self.experiment_id = tracking.setup(experiment)
+        self.experiment_id = tracking.setup(experiment, paths.repo_root())
         self.mlflow = mlflow
 
     @contextlib.contextmanager
@@ -695,8 +695,8 @@ def _tracking_uri(experiment: str, track: bool, remote: bool) -> str | None:
     except ImportError:
         logger.info("MLflow is not installed: the sweep is logged to its folder only")
         return None
-    tracking.setup(experiment)
-    uri = tracking.tracking_uri()
+    tracking.setup(experiment, paths.repo_root())  # as the stages do, also in DVC's copies
+    uri = tracking.tracking_uri(paths.repo_root())
     if remote and not uri.startswith(("http://", "https://")):
         logger.warning(
             "MLflow store %s is a file on this machine: tasks on other hosts can only "
