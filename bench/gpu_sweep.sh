@@ -24,7 +24,7 @@ spec = yaml.safe_load(open("sweeps/gpu-check.yaml"))
 spec["params"] = {"data": {"limit": 3000, "val_size": 500, "gate_size": 500},
                   "net": {"width": 8}, "base": {"epochs": 2}, "router": {"epochs": 1},
                   "specialists": {"epochs": 1}, "mixture": {"tta": 0}}
-spec["configurations"]["scratch_specialists"]["specialists"]["epochs"] = 2
+spec["configurations"]["scratch_specialists"] = {"specialists": {"epochs": 2}}
 yaml.safe_dump(spec, open(sys.argv[1], "w"))
 PY
   seeds=${SEEDS:-1}
