@@ -359,10 +359,7 @@ class Runner:
         row = dict(result.metrics) | paired_by_seed(result.labels, self.splits["test"][1])
         self.labels = result.labels
         row["best_control"] = result.best_control
-        val = {"val_mixture_accuracy": "val_accuracy"}  # the gates' names for the val figures
-        for key in ("val_mixture_accuracy", "val_base_accuracy", "val_hard_accuracy"):
-            row[key] = gates.summary[val.get(key, key)]
-        row["val_soft_accuracy"] = gates.summary["val_soft_accuracy"]
+        row |= {key: gates.summary[name] for key, name in VAL_FIGURES.items()}
         row["groups"] = yaml.safe_dump(groups.to_dict(), default_flow_style=True).strip()
         row |= {f"{s}_s": self.seconds.get(s, 0.0) for s in STEPS}
         # MLflow metric names allow no "@": specialist@natural -> specialist_natural
@@ -387,6 +384,13 @@ def stage_keys(p: Params, stages: Sequence[Any]) -> dict[str, tuple]:
     return keys
 
 
+# The findings' val columns, and the gates step's names for them.
+VAL_FIGURES = {
+    "val_mixture_accuracy": "val_accuracy",
+    "val_base_accuracy": "val_base_accuracy",
+    "val_hard_accuracy": "val_hard_accuracy",
+    "val_soft_accuracy": "val_soft_accuracy",
+}
 # The stages whose networks the mixture is made of (its training cost).
 MIXTURE_NETWORKS = ("train_base", "train_specialists", "train_router")
 
