@@ -1,4 +1,6 @@
-"""Shared fixtures: the repository root and a valid params mapping."""
+"""Shared fixtures (the repository root, a valid params mapping, the tiny repos of
+tests/support/shared.py) and how the suite is spread over pytest-xdist's workers.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +11,48 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["tests.support.shared"]
+
+# pytest-xdist (pyproject's addopts: one worker per core) hands each worker whole
+# units: a unit is a test module (its `xdist_group` is the module's name), so a
+# module-scoped fixture is built once. The slow modules go first, longest first; the
+# short ones fill in behind (a worker gets its next unit when the current one is almost
+# done). The tiny repos the slow tiers share are built once across workers
+# (tests/support/shared.py).
+HEAVY_FIRST = (
+    "tests.pipeline.test_repro",  # builds tiny_pipeline while the next builds tiny_sweep
+    "tests.pipeline.test_sweep",
+    "tests.team.test_team",
+    "tests.pipeline.test_jax",
+    "tests.pipeline.test_reliability",
+    "tests.ray.test_ray_sweep",  # reads tiny_sweep, built by then
+)
+
+
+def _group(item: pytest.Item) -> str:
+    mark = item.get_closest_marker("xdist_group")
+    return mark.args[0] if mark else item.module.__name__
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist turns the groups into node ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(_group(item)))
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: file order kept
+
+
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
+    """Every test a worker collected must carry its group in its node id (xdist's
+    loadgroup marker), or the shared repos would be built once per worker.
+    """
+    lost = [i for i in ids if "@" not in i]
+    if node.config.getvalue("dist") == "loadgroup" and lost:
+        raise pytest.UsageError(
+            f"pytest-xdist dropped the xdist_group of {lost[0]} and {len(lost) - 1} more"
+            " (pytest-dev/pytest-xdist#1386): install the pytest pinned in pyproject.toml"
+        )
 
 
 @pytest.fixture

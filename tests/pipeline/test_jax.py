@@ -10,19 +10,20 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.support.shared import EXPERIMENT, clone
 from tests.support.tiers import has_module, need
-from tests.support.tinyrepo import base_env, make_repo, served_champion
+from tests.support.tinyrepo import base_env, served_champion
 from tests.support.tinyrepo import run as _run
 
 pytestmark = pytest.mark.pipeline
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
+def repo(tiny_project, tmp_path_factory):
     need(has_module("jax"), "the JAX backend needs the jax extra: pip install -e '.[dev,jax]'")
     root = tmp_path_factory.mktemp("jax")
     env = base_env(root / "repo", KERAS_BACKEND="jax")
-    repo = make_repo(root, "hmoe-jax", env)
+    repo = clone(tiny_project, root / "repo", env)
     log = _run(["dvc", "repro"], repo, env, timeout=1200)
     return repo, env, log
 
@@ -37,7 +38,7 @@ def test_every_stage_runs_compiled_on_jax_and_is_tracked(repo):
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     client = MlflowClient()
-    exp = client.get_experiment_by_name("hmoe-jax")
+    exp = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([exp.experiment_id])
     stages = {r.info.run_name for r in runs if r.data.tags.get("hmoe_role") == "stage"}
     assert {"prepare", "train_base", "train_router", "train_gates", "evaluate"} <= stages

@@ -20,7 +20,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.support.tinyrepo import base_env, make_repo
+from tests.support.shared import EXPERIMENT, clone
+from tests.support.tinyrepo import base_env
 from tests.support.tinyrepo import run as _run
 
 pytestmark = pytest.mark.pipeline
@@ -30,10 +31,10 @@ EPOCHS = 4  # enough epochs for a kill to land mid-training
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
+def repo(tiny_project, tmp_path_factory):
     root = tmp_path_factory.mktemp("reliability")
     env = base_env(root / "repo")
-    repo = make_repo(root, "hmoe-reliability", env)
+    repo = clone(tiny_project, root / "repo", env)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["base"].update(epochs=EPOCHS, batch_size=8)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -119,7 +120,7 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_result(repo):
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     client = MlflowClient()
-    exp = client.get_experiment_by_name("hmoe-reliability")
+    exp = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([exp.experiment_id], "tags.hmoe_stage = 'train_base'")
     by_status = {}
     for r in runs:

@@ -1,8 +1,8 @@
 """`python -m hmoe.sweep --engine ray` on a real Ray cluster of two nodes on this
 machine (tests/support/raycluster.py: `ray start --head`, then `ray start --address`),
 never a mock: the tiny sweep of tests/pipeline/test_sweep.py, one task's worker killed
-with SIGKILL while it trains, compared number for number with the in-process engine at
-the same thread count (one: each node has one CPU).
+with SIGKILL while it trains, compared number for number with that tier's in-process
+run (`tiny_sweep`) at the same thread count (one: each node has one CPU).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import ipaddress
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,34 +20,39 @@ import pytest
 import yaml
 
 from hmoe.teamstack import stop_tree
-from tests.pipeline.test_sweep import SWEEP
 from tests.support import raycluster
+from tests.support.shared import (
+    EXPERIMENT,
+    ONE_THREAD,
+    SWEEP,
+    SWEEP_CMD,
+    SWEEP_FILE,
+    clone,
+)
 from tests.support.tiers import has_module, need
-from tests.support.tinyrepo import base_env, make_repo, run
+from tests.support.tinyrepo import base_env, run
 
 pytestmark = pytest.mark.ray
 RAY_INSTALL = "pip install -e '.[dev,ray]'"
-EXPERIMENT = "hmoe-ray-test-sweep"
-SWEEP_CMD = [sys.executable, "-m", "hmoe.sweep", "tiny-sweep.yaml", "--seeds", "2"]
-PAIRS = [("default", 42), ("default", 43), ("scratch_soft", 42), ("scratch_soft", 43)]
+PAIRS = [("default", 42), ("default", 43), ("finetuned_hard", 42), ("finetuned_hard", 43)]
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
+def repo(tiny_project, tmp_path_factory):
     need(has_module("ray"), f"the ray tier needs the ray extra: {RAY_INSTALL}")
     root = tmp_path_factory.mktemp("ray")
-    env = base_env(root / "repo") | {"OMP_NUM_THREADS": "1"}  # as Ray sets it for 1 CPU
-    repo = make_repo(root, "hmoe-ray-test", env)
-    (repo / "tiny-sweep.yaml").write_text(yaml.safe_dump(SWEEP))
+    env = base_env(root / "repo") | ONE_THREAD
+    repo = clone(tiny_project, root / "repo", env)
+    (repo / SWEEP_FILE).write_text(yaml.safe_dump(SWEEP))
     return repo, env
 
 
 @pytest.fixture(scope="module")
-def in_process(repo):
-    """The same sweep in one process on one thread: the numbers to match."""
-    path, env = repo
-    run([*SWEEP_CMD, "--out", "inproc", "--threads", "1", "--no-mlflow"], path, env, 1200)
-    return pd.read_csv(path / "inproc/findings.csv")
+def in_process(tiny_sweep):
+    """The same sweep in one process on one thread (the sweep tier's run): the numbers
+    to match.
+    """
+    return pd.read_csv(tiny_sweep.repo / "out/findings.csv")
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +103,7 @@ def _parents(path: Path) -> list:
 
     with tracking.store_lock(f"sqlite:///{path / 'mlflow.db'}"):
         client = _client(path)
-        exp = client.get_experiment_by_name(EXPERIMENT)
+        exp = client.get_experiment_by_name(f"{EXPERIMENT}-sweep")
         if exp is None:
             return []
         runs = client.search_runs([exp.experiment_id], "tags.sweep = 'true'")
@@ -135,8 +139,8 @@ def test_a_configuration_reusing_the_base_trains_none(ray_sweep):
     frame = ray_sweep[0].set_index(["config", "seed"])
     for seed in (42, 43):
         assert frame.loc[("default", seed), "base_s"] > 0
-        assert frame.loc[("scratch_soft", seed), "base_s"] == 0
-        assert frame.loc[("scratch_soft", seed), "specialists_s"] > 0
+        assert frame.loc[("finetuned_hard", seed), "base_s"] == 0
+        assert frame.loc[("finetuned_hard", seed), "specialists_s"] > 0
 
 
 def test_accuracies_equal_the_in_process_run(ray_sweep, in_process):
@@ -165,7 +169,7 @@ def test_the_killed_run_is_marked_killed_and_its_retry_finished(ray_sweep, repo)
     assert retry.data.tags["resumes_runs"] == killed.info.run_id
     assert retry.data.tags["attempt"] == "1"
     client = _client(path)
-    exp = client.get_experiment_by_name(EXPERIMENT)
+    exp = client.get_experiment_by_name(f"{EXPERIMENT}-sweep")
     assert not client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
 
 

@@ -64,6 +64,9 @@ def cluster(
         MARK: secrets.token_hex(8),
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_enable_metrics_collection": "0",  # no exporter (and its agent) to start
+        # Ray starts workers at nice 15 (below its own daemons); next to the suite's
+        # other workers that starves them, so the tier's tasks run at normal priority.
+        "RAY_worker_niceness": "0",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
     }

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from hmoe import teamstack
+from tests.support.shared import EXPERIMENT, clone
 from tests.support.tiers import has_module, has_postgres, has_weed, need
-from tests.support.tinyrepo import base_env, make_repo, predict_in_fresh_process, run
+from tests.support.tinyrepo import base_env, predict_in_fresh_process, run
 
 pytestmark = pytest.mark.team
 TEAM_INSTALL = "pip install -e '.[dev,team]' and PostgreSQL's server (apt-get install postgresql)"
@@ -46,12 +47,12 @@ def _add_remote(repo: Path, services: dict, env: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory, services):
+def team(tiny_project, tmp_path_factory, services):
     """The tiny pipeline run against the stack, pushed to the DVC and git remotes."""
     root = tmp_path_factory.mktemp("team")
     env = base_env(root / "repo") | {"MLFLOW_TRACKING_URI": services["MLFLOW_TRACKING_URI"]}
     env |= {k: v for k, v in services.items() if k.startswith(("AWS_", "MLFLOW_S3"))}
-    repo = make_repo(root, "hmoe-team", env)
+    repo = clone(tiny_project, root / "repo", env)
     _add_remote(repo, services, env)
     origin = root / "origin.git"
     run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], root, env)
@@ -72,7 +73,7 @@ def _client(services):
 
 def test_runs_models_and_artifacts_land_on_the_server(team, services):
     client = _client(services)
-    exp = client.get_experiment_by_name("hmoe-team")
+    exp = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("hmoe_role") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -119,13 +120,21 @@ def test_teammate_clone_pulls_and_has_nothing_to_rerun(team, services):
 
 
 def test_experiments_travel_through_the_git_remote(team):
+    """An experiment's commit reaches a second clone through the git remote. A tracking
+    setting is the cheapest change that makes one: it retrains nothing (which stages a
+    change reruns is the pipeline tier's check).
+    """
     repo, env = team["repo"], team["env"]
-    run(["dvc", "exp", "run", "-S", "gates.learning_rate=0.01", "-n", "team-lr"], repo, env)
-    run(["dvc", "exp", "push", "origin", "team-lr"], repo, env)
+    cmd = ["dvc", "exp", "run", "-S", "mlflow.experiment=team-exp", "-n", "team-exp"]
+    out = run(cmd, repo, env)
+    assert "Running stage" not in out
+    run(["dvc", "exp", "push", "origin", "team-exp"], repo, env)
     other = team["root"] / "other"
     run(["git", "clone", "-q", str(team["origin"]), str(other)], team["root"], env)
-    run(["dvc", "exp", "pull", "origin", "team-lr"], other, env | {"PYTHONPATH": str(other)})
-    assert "team-lr" in run(["dvc", "exp", "list", "--all-commits"], other, env)
+    run(["dvc", "exp", "pull", "origin", "team-exp"], other, env | {"PYTHONPATH": str(other)})
+    assert "team-exp" in run(["dvc", "exp", "list", "--all-commits"], other, env)
+    shown = run(["dvc", "exp", "show", "--csv", "--no-pager"], other, env)
+    assert "team-exp" in shown and "mixture_accuracy" in shown.splitlines()[0]
 
 
 def _post(url: str, payload) -> tuple[int, str]:
