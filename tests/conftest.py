@@ -14,24 +14,26 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["tests.support.shared"]
 
 # pytest-xdist (pyproject's addopts: one worker per core) hands each worker whole
-# units: a unit is a test module (its `xdist_group` is the module's name), so a
-# module-scoped fixture is built once. The slow modules go first, longest first; the
-# short ones fill in behind (a worker gets its next unit when the current one is almost
-# done). The tiny repos the slow tiers share are built once across workers
-# (tests/support/shared.py).
+# units: a unit is an `xdist_group`, by default the test module, so a module-scoped
+# fixture is built once. The pipeline, sweep and Ray tiers form one group, "tiny": they
+# share tiny_pipeline and tiny_sweep (tests/support/shared.py), and one worker runs
+# them in turn while the other takes the team, JAX and reliability tiers. The slow
+# units go first, longest first; the short unit modules fill in behind (a worker gets
+# its next unit when the current one is almost done).
+SHARED = ("tests.pipeline.test_repro", "tests.pipeline.test_sweep", "tests.ray.test_ray_sweep")
 HEAVY_FIRST = (
-    "tests.pipeline.test_repro",  # builds tiny_pipeline while the next builds tiny_sweep
-    "tests.pipeline.test_sweep",
+    "tiny",
     "tests.team.test_team",
     "tests.pipeline.test_jax",
     "tests.pipeline.test_reliability",
-    "tests.ray.test_ray_sweep",  # reads tiny_sweep, built by then
 )
 
 
 def _group(item: pytest.Item) -> str:
     mark = item.get_closest_marker("xdist_group")
-    return mark.args[0] if mark else item.module.__name__
+    if mark:
+        return mark.args[0]
+    return "tiny" if item.module.__name__ in SHARED else item.module.__name__
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist turns the groups into node ids

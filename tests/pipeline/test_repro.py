@@ -292,8 +292,8 @@ def test_the_sweep_runs_dvc_yaml_s_steps_to_the_same_numbers(repo, tiny_sweep):
     """One declaration, two runners: the in-process sweep, reading dvc.yaml, gives every
     accuracy `dvc repro` gave for the same params and seed (issue 22). The sweep's
     `default` configuration is params.yaml plus the two-bases control, a network of its
-    own that moves no other. Last in the module: another worker builds the sweep
-    meanwhile, and the first run's metrics are read from its commit.
+    own that moves no other. The first run's metrics are read from its commit, as the
+    experiments above have changed the workspace.
     """
     metrics = first_metrics(repo)
     findings = pd.read_csv(tiny_sweep.repo / "out/findings.csv", float_precision="round_trip")
