@@ -12,11 +12,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.support.shared import EXPERIMENT, SWEEP_CMD
+from tests.support.shared import EXPERIMENT, SWEEP, SWEEP_CMD
 from tests.support.tinyrepo import run as _run
 
 pytestmark = pytest.mark.pipeline
-CONFIGS = ["default", "finetuned_hard"]
+CONFIGS = list(SWEEP["configurations"])  # default (soft routing), finetuned_hard
 
 
 @pytest.fixture(scope="module")

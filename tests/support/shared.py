@@ -16,8 +16,9 @@ two of them ran the same sweep. Now:
 
 Each is built once per test run, also under pytest-xdist: the first worker to ask builds
 it in the run's shared temporary folder under a file lock, and the others wait for it
-and read its record (`_once`). A worker that waits costs no CPU, and the suite runs one
-worker more than there are cores (tests/conftest.py), so the cores stay busy.
+and read its record (`_once`). tiny_project is cloned by tiers on every worker; the
+tiers that use tiny_pipeline and tiny_sweep run on one worker (the "tiny" group of
+tests/conftest.py).
 """
 
 from __future__ import annotations
