@@ -318,7 +318,6 @@ def _check(p: Params) -> None:
             raise ParamsError(f"`gates.{key}` must be a positive integer")
     if p.gates.learning_rate <= 0:
         raise ParamsError("`gates.learning_rate` must be > 0")
-    _check_recipe("recipe", p.recipe)
     _check_arch(p.net)
     for key in ("val_size", "gate_size"):
         if getattr(p.data, key) <= 0:

@@ -19,14 +19,15 @@ import pandas as pd
 
 logger = logging.getLogger(__name__)
 
+# reports/metrics.json's keys (the headline): DVC's metrics, so what exp_show() returns
 DEFAULT_METRICS = (
     "mixture_accuracy",
     "base_accuracy",
-    "ensemble_accuracy",
-    "oracle_accuracy",
+    "hard_accuracy",
+    "soft_accuracy",
     "router_accuracy",
-    "lift_over_base",
-    "lift_over_ensemble",
+    "oracle_accuracy",
+    "two_bases_control_accuracy",
 )
 EXPERIMENT_TYPES = ("branch_base", "branch_commit")
 

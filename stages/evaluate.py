@@ -38,7 +38,8 @@ def main() -> None:
     with observer.stage(STAGE, params, {"test": test}) as run:
         result = evaluate(mix, (x, y), second_base=second_base, seed=params.seed)
         report.write_plot_tables(y, result.labels, list(groups.classes))
-        write_json(paths.METRICS, result.metrics, sort_keys=False)  # headline first
+        write_json(paths.METRICS, result.headline, sort_keys=False)
+        write_json(paths.EVAL_DETAILS, result.details, sort_keys=False)
         provenance = report.provenance(params, run.parent, run.wall_times())
         files = report.write_run_report(result, y, groups, provenance)
         observer.evaluated(run, params, mix, (x, y), result)

@@ -15,8 +15,10 @@ from hmoe.metrics import accuracy, specialist_accuracy
 from hmoe.mixture import Mixture, group_marginal, tta_views
 from hmoe.stats import compare
 
-# What users compare first (`dvc exp show`, metrics.json, the report): these lead, in
-# this order; the bookkeeping (paired statistics, costs, gate weights) follows.
+# What users compare (`dvc exp show`, the report), in this order: the only keys of
+# reports/metrics.json, so that `dvc exp show --only-changed` stays narrow. The rest
+# (controls, paired statistics, costs, gate weights) goes to reports/eval/details.json
+# and MLflow.
 HEADLINE = (
     "mixture_accuracy",
     "base_accuracy",
@@ -30,11 +32,21 @@ HEADLINE = (
 
 @dataclass(frozen=True)
 class Evaluation:
-    metrics: dict[str, float]  # what reports/metrics.json holds
+    metrics: dict[str, float]  # every figure, headline first (MLflow, the report)
     best_control: str  # the fair control with the highest accuracy
     labels: dict[str, np.ndarray]  # predicted labels: mixture, every routing and control
     router_probs: np.ndarray  # (N, G)
     gate_weights: list[np.ndarray]  # per group (N, 2): weight on base, on specialist
+
+    @property
+    def headline(self) -> dict[str, float]:
+        """What reports/metrics.json holds, the one DVC metric."""
+        return {k: v for k, v in self.metrics.items() if k in HEADLINE}
+
+    @property
+    def details(self) -> dict[str, float]:
+        """The other figures, a plain output (reports/eval/details.json)."""
+        return {k: v for k, v in self.metrics.items() if k not in HEADLINE}
 
 
 def evaluate(

@@ -99,8 +99,8 @@ def train_specialist(
     x, y = specialist_subset(*train, ids, **subset)
     n_outputs = specialist_outputs(ids, cfg.dustbin)
     if cfg.distill > 0:
-        temperature = cfg.temperature or 1.0  # params require it whenever distill > 0
-        soft = collapse(soften(base.predict(x, batch_size=1024, verbose=0), temperature), ids)
+        # params refuse distill > 0 without a temperature, so it is set here
+        soft = collapse(soften(base.predict(x, batch_size=1024, verbose=0), cfg.temperature), ids)
         y = distill_targets(y, soft[:, :n_outputs], cfg.distill)
     return _train(
         params,

@@ -33,7 +33,8 @@ def test_every_stage_runs_compiled_on_jax_and_is_tracked(repo):
     assert "compiled True (auto: JAX compiles every step)" in log
     metrics = json.loads((root / "reports/metrics.json").read_text())
     assert 0 <= metrics["mixture_accuracy"] <= 1
-    assert metrics["mixture_rows_sum_max_error"] < 1e-4
+    details = json.loads((root / "reports/eval/details.json").read_text())
+    assert details["mixture_rows_sum_max_error"] < 1e-4
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")

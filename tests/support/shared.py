@@ -118,10 +118,17 @@ def tiny_pipeline(tiny_project, tmp_path_factory) -> TinyRun:
 
 
 def first_metrics(pipeline: TinyRun) -> dict:
-    """`evaluate`'s metrics of the committed first run, in the order it wrote them."""
+    """`evaluate`'s figures of the committed first run, in the order it wrote them: the
+    headline (reports/metrics.json), then the rest (reports/eval/details.json).
+    """
     repo, env, _ = pipeline
     first = run(["git", "log", "--format=%H", "--grep", "^first run$"], repo, env).split()[0]
-    return json.loads(run(["git", "show", f"{first}:reports/metrics.json"], repo, env))
+    files = ("reports/metrics.json", "reports/eval/details.json")
+    return {k: v for f in files for k, v in read_json_at(repo, env, first, f).items()}
+
+
+def read_json_at(repo: Path, env: dict, rev: str, path: str) -> dict:
+    return json.loads(run(["git", "show", f"{rev}:{path}"], repo, env))
 
 
 @pytest.fixture(scope="session")

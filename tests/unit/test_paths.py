@@ -38,6 +38,7 @@ def test_outputs_match_paths_module():
     assert paths.SECOND_BASE_MODEL.parent == paths.SECOND_BASE
     assert _outs(s["train_gates"])[0] == str(paths.GATES)
     assert [next(iter(m)) for m in s["evaluate"]["metrics"]] == [str(paths.METRICS)]
+    assert str(paths.EVAL_DETAILS) in _outs(s["evaluate"])  # the rest: a plain output
     assert not any("metrics" in spec for name, spec in s.items() if name != "evaluate")
     assert str(paths.CONFUSION) in str(s["evaluate"]["plots"])
     assert str(paths.SPECIALIST_HISTORY) in str(s["train_specialists"]["plots"])

@@ -242,4 +242,10 @@ def test_evaluate_scores_the_mixture_and_every_control(images):
     assert result.best_control in FAIR_CONTROLS and result.best_control != "base"
     np.testing.assert_array_equal(result.labels["mixture"], mix.predict_proba(images).argmax(1))
     assert result.router_probs.shape == (len(images), 2)
+    # reports/metrics.json holds the headline alone, in order; details.json the rest
+    assert list(result.headline) == [
+        "mixture_accuracy", "base_accuracy", "hard_accuracy", "soft_accuracy",
+        "router_accuracy", "oracle_accuracy", "two_bases_control_accuracy",
+    ]  # fmt: skip
+    assert result.headline | result.details == m and not set(result.headline) & set(result.details)
     assert [w.shape for w in result.gate_weights] == [(len(images), 2)] * 2
