@@ -5,27 +5,44 @@ tests/support/shared.py) and how the suite is spread over pytest-xdist's workers
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# One worker per core, so one TensorFlow thread per worker and per process it starts
+# (stages, dvc, servers inherit it): TensorFlow otherwise starts a pool per core in
+# every process, and two workers' pools fight over the two cores. Op determinism makes
+# the results independent of the thread count.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    for _var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 pytest_plugins = ["tests.support.shared"]
 
 # pytest-xdist (pyproject's addopts: one worker per core) hands each worker whole
-# units: a unit is an `xdist_group`, by default the test module, so a module-scoped
-# fixture is built once. The pipeline, sweep and Ray tiers form one group, "tiny": they
-# share tiny_pipeline and tiny_sweep (tests/support/shared.py), and one worker runs
-# them in turn while the other takes the team, JAX and reliability tiers. The slow
-# units go first, longest first; the short unit modules fill in behind (a worker gets
-# its next unit when the current one is almost done).
-SHARED = ("tests.pipeline.test_repro", "tests.pipeline.test_sweep", "tests.ray.test_ray_sweep")
+# units: a unit is an `xdist_group`, by default the test module (by file name: the
+# modules are imported by their base names), so a module-scoped fixture is built once.
+# The sweep and Ray tiers form one unit, "sweep": the Ray tier compares with the sweep
+# tier's run (tiny_sweep), so on one worker it never waits for the other to build it.
+# Units go out in the order below, longest first (`--no-loadscope-reorder`: xdist would
+# otherwise sort them by their number of tests, which puts the two-test JAX and
+# reliability tiers last); the other modules follow in file order, and a worker gets
+# its next unit when its current one is almost done.
+GROUPS = {"test_sweep": "sweep", "test_ray_sweep": "sweep"}
 HEAVY_FIRST = (
-    "tiny",
-    "tests.team.test_team",
-    "tests.pipeline.test_jax",
-    "tests.pipeline.test_reliability",
+    "test_repro",
+    "sweep",
+    "test_team",
+    "test_jax",
+    "test_reliability",
+    "test_distribute",
+    "test_stage_errors",
+    "test_router_levers",
+    "test_recipe",
+    "test_learning",
 )
 
 
@@ -33,7 +50,7 @@ def _group(item: pytest.Item) -> str:
     mark = item.get_closest_marker("xdist_group")
     if mark:
         return mark.args[0]
-    return "tiny" if item.module.__name__ in SHARED else item.module.__name__
+    return GROUPS.get(item.path.stem, item.path.stem)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist turns the groups into node ids

@@ -17,8 +17,9 @@ two of them ran the same sweep. Now:
 Each is built once per test run, also under pytest-xdist: the first worker to ask builds
 it in the run's shared temporary folder under a file lock, and the others wait for it
 and read its record (`_once`). tiny_project is cloned by tiers on every worker; the
-tiers that use tiny_pipeline and tiny_sweep run on one worker (the "tiny" group of
-tests/conftest.py).
+sweep and Ray tiers, which both read tiny_sweep, run on one worker (the "sweep" group of
+tests/conftest.py), and the pipeline tier's last check waits for tiny_sweep if the
+other worker is still building it.
 """
 
 from __future__ import annotations
