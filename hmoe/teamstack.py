@@ -38,16 +38,27 @@ class StackError(RuntimeError):
     """A service did not start; the message says which and how to fix it."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(*, with_grpc: bool = False) -> int:
-    """A free loopback port (and port + 10000 free too, for SeaweedFS's gRPC ports)."""
+    """A free loopback port (and port + 10000 free too, for SeaweedFS's gRPC ports).
+
+    A port is free only until its service binds it, and the kernel readily hands a
+    just-closed port out again: ports already returned in this process are skipped, so
+    the several ports one service takes before it starts (Ray's six) never coincide.
+    """
     for _ in range(100):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if not with_grpc:
-            return port
-        if port + 10000 < 65536 and _is_free(port + 10000):
-            return port
+        taken = {port, port + 10000} if with_grpc else {port}
+        if taken & _HANDED_OUT:
+            continue
+        if with_grpc and not (port + 10000 < 65536 and _is_free(port + 10000)):
+            continue
+        _HANDED_OUT.update(taken)
+        return port
     raise StackError("no free loopback port found")
 
 

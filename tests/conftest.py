@@ -36,7 +36,6 @@ HEAVY_FIRST = (
     "test_repro",
     "sweep",
     "test_team",
-    "test_jax",
     "test_reliability",
     "test_distribute",
     "test_stage_errors",

@@ -102,15 +102,18 @@ def predict_in_fresh_process(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def served_champion(root: Path, env: dict) -> tuple[dict, float, float]:
+def served_champion(
+    root: Path, env: dict, tracking_uri: str | None = None
+) -> tuple[dict, float, float]:
     """The champion pyfunc's predictions on the repo's test split in a fresh process,
     its accuracy, and the mixture accuracy `evaluate` reported: they must agree (same
-    TTA, same routing).
+    TTA, same routing). The registry is the repo's SQLite store unless ``tracking_uri``
+    names a server.
     """
     import json
 
     res = predict_in_fresh_process(
-        f"sqlite:///{root / 'mlflow.db'}",
+        tracking_uri or f"sqlite:///{root / 'mlflow.db'}",
         "models:/hmoe-mixture@champion",
         root / "data/prepared/test.npz",
         root.parent,

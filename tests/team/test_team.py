@@ -1,5 +1,13 @@
 """Team mode with real servers: PostgreSQL + S3 (SeaweedFS) + `mlflow server`, a DVC S3
-remote, a git remote for experiments, and the champion served over HTTP.
+remote, a git remote for experiments, and the champion served over HTTP; the tiny
+pipeline runs here on Keras's JAX backend (`KERAS_BACKEND=jax dvc repro`, compiled).
+
+One end-to-end `dvc repro` covers two axes, as the pipeline tier's covers the others:
+that one runs TensorFlow against the default SQLite store, this one JAX against the
+servers. Neither the store nor the backend decides what the other checks (the model
+files travel as files; the runs are the same calls), so a third repro, JAX on SQLite,
+would catch nothing these two miss. Without the jax extra the repro runs on
+TensorFlow and the JAX checks skip (or fail under HMOE_REQUIRE_ALL_TIERS=1).
 
 Everything runs on loopback ports; every process the tier starts is stopped by PID
 (hmoe.teamstack.stop_tree), also when a check fails.
@@ -19,9 +27,11 @@ import pytest
 from hmoe import teamstack
 from tests.support.shared import EXPERIMENT, clone
 from tests.support.tiers import has_module, has_postgres, has_weed, need
-from tests.support.tinyrepo import base_env, predict_in_fresh_process, run
+from tests.support.tinyrepo import base_env, run, served_champion
 
 pytestmark = pytest.mark.team
+JAX = has_module("jax")
+JAX_INSTALL = "the JAX backend needs the jax extra: pip install -e '.[dev,jax]'"
 TEAM_INSTALL = "pip install -e '.[dev,team]' and PostgreSQL's server (apt-get install postgresql)"
 MODELS = {"hmoe-base", "hmoe-router", "hmoe-mixture"}
 
@@ -50,19 +60,21 @@ def _add_remote(repo: Path, services: dict, env: dict) -> None:
 def team(tiny_project, tmp_path_factory, services):
     """The tiny pipeline run against the stack, pushed to the DVC and git remotes."""
     root = tmp_path_factory.mktemp("team")
-    env = base_env(root / "repo") | {"MLFLOW_TRACKING_URI": services["MLFLOW_TRACKING_URI"]}
+    backend = "jax" if JAX else "tensorflow"
+    env = base_env(root / "repo", KERAS_BACKEND=backend)
+    env |= {"MLFLOW_TRACKING_URI": services["MLFLOW_TRACKING_URI"]}
     env |= {k: v for k, v in services.items() if k.startswith(("AWS_", "MLFLOW_S3"))}
     repo = clone(tiny_project, root / "repo", env)
     _add_remote(repo, services, env)
     origin = root / "origin.git"
     run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], root, env)
     run(["git", "remote", "add", "origin", str(origin)], repo, env)
-    run(["dvc", "repro"], repo, env, timeout=1200)
+    log = run(["dvc", "repro"], repo, env, timeout=1200)
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "tiny run"], repo, env)
     run(["dvc", "push"], repo, env)
     run(["git", "push", "-q", "origin", "main"], repo, env)
-    return {"root": root, "repo": repo, "origin": origin, "env": env}
+    return {"root": root, "repo": repo, "origin": origin, "env": env, "log": log}
 
 
 def _client(services):
@@ -100,6 +112,33 @@ def test_runs_models_and_artifacts_land_on_the_server(team, services):
     assert any(k.endswith(".keras") for k in keys)
     dvc_keys = s3.list_objects_v2(Bucket="hmoe", Prefix="dvc/").get("KeyCount", 0)
     assert dvc_keys >= 10  # splits and every model file
+
+
+def test_every_stage_runs_compiled_on_jax_and_is_tracked(team, services):
+    need(JAX, JAX_INSTALL)
+    assert "compiled True (auto: JAX compiles every step)" in team["log"]
+    details = json.loads((team["repo"] / "reports/eval/details.json").read_text())
+    assert details["mixture_rows_sum_max_error"] < 1e-4
+    client = _client(services)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id])
+    base = next(r for r in runs if r.info.run_name == "train_base")
+    assert base.data.params["keras_backend"] == "jax"
+    assert base.data.params["jit_compile_used"] == "True"
+
+
+@pytest.fixture(scope="module")
+def in_process(team, services):
+    """The champion loaded through the tracking server and S3 in a fresh process, on the
+    backend it trained on: its predictions of the test split, its accuracy and the one
+    `evaluate` reported.
+    """
+    return served_champion(team["repo"], team["env"], services["MLFLOW_TRACKING_URI"])
+
+
+def test_the_champion_in_a_fresh_process_scores_what_evaluate_reports(in_process):
+    _, served, reported = in_process
+    assert served == pytest.approx(reported)
 
 
 def test_teammate_clone_pulls_and_has_nothing_to_rerun(team, services):
@@ -166,15 +205,9 @@ def served(team, services):
         teamstack.stop_tree(proc)
 
 
-def test_champion_answers_http_like_in_process(team, services, served):
+def test_champion_answers_http_like_in_process(team, served, in_process):
     repo = team["repo"]
-    local = predict_in_fresh_process(
-        services["MLFLOW_TRACKING_URI"],
-        "models:/hmoe-mixture@champion",
-        repo / "data/prepared/test.npz",
-        team["root"],
-        team["env"],
-    )
+    local = in_process[0]
     with np.load(repo / "data/prepared/test.npz") as npz:
         x = npz["x"][:8]
     for payload in ({"inputs": x.tolist()}, {"instances": x.tolist()}):
