@@ -154,7 +154,7 @@ def log_keras_model(
     """
     from mlflow.models import infer_signature
 
-    signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
+    signature = infer_signature(example, np.asarray(model.predict_on_batch(example)))
     info = mlflow.keras.log_model(
         model,
         name=registered_name.removeprefix("hmoe-"),

@@ -70,6 +70,7 @@ def make_repo(root: Path, experiment: str, env: dict[str, str]) -> Path:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], repo, env)
     run(["dvc", "init", "-q"], repo, env)
+    shutil.copy2(ROOT / ".dvc/config", repo / ".dvc/config")  # the project's DVC settings
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "tiny"], repo, env)
     return repo

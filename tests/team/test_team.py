@@ -189,7 +189,10 @@ def served(team, services):
     """`mlflow models serve` of the champion, through the tracking server."""
     port = teamstack.free_port()
     log = team["root"] / "serve.log"
-    env = team["env"] | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = team["env"] | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",  # a server we start sends no usage statistics
+    }
     cmd = [
         sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/hmoe-mixture@champion",
         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1",
