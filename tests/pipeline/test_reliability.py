@@ -52,7 +52,11 @@ def _wait_queue(repo, env, timeout=900):
     raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
 
 
-def test_parallel_queue_on_a_fresh_default_store_gives_identical_runs(repo):
+@pytest.fixture(scope="module")
+def twins(repo) -> list[tuple[str, dict, str]]:
+    """Two identical experiments queued and run by `dvc queue start -j 2` on a store that
+    does not exist yet: each one's commit, and the train_base summary and history it holds.
+    """
     root, env = repo
     assert not (root / "mlflow.db").exists()  # both runs race to create the store
     for name in ("twin-a", "twin-b"):
@@ -67,27 +71,37 @@ def test_parallel_queue_on_a_fresh_default_store_gives_identical_runs(repo):
     status = _wait_queue(root, env)
     assert status.count("Success") == 2, status
     rows = list(csv.DictReader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], root, env))))
-    twins = [r for r in rows if r["Experiment"] in ("twin-a", "twin-b")]
-    assert len(twins) == 2
+    by_name = {r["Experiment"]: r["rev"] for r in rows if r["Experiment"] in ("twin-a", "twin-b")}
+    assert sorted(by_name) == ["twin-a", "twin-b"]
     # Each experiment is a git commit holding its train_base summary and history (the
     # stage's metrics are an out, not a DVC metric: dvc exp show leads with evaluate's).
     runs = []
-    for row in twins:
-        show = lambda path, rev=row["rev"]: _run(["git", "show", f"{rev}:{path}"], root, env)  # noqa: E731
-        runs.append((json.loads(show(TRAIN_BASE_SUMMARY)), show(TRAIN_BASE_HISTORY)))
-    assert runs[0][0]["val_accuracy"] > 0
-    assert runs[0] == runs[1]  # op determinism + seeded batches: exactly equal
+    for name in ("twin-a", "twin-b"):
+        show = lambda path, rev=by_name[name]: _run(["git", "show", f"{rev}:{path}"], root, env)  # noqa: E731
+        runs.append((by_name[name], json.loads(show(TRAIN_BASE_SUMMARY)), show(TRAIN_BASE_HISTORY)))
+    return runs
+
+
+def test_parallel_queue_on_a_fresh_default_store_gives_identical_runs(twins):
+    (_, summary_a, history_a), (_, summary_b, history_b) = twins
+    assert summary_a["val_accuracy"] > 0
+    assert (summary_a, history_a) == (summary_b, history_b)  # op determinism: exactly equal
 
 
 def _backup_started(root) -> bool:
     return any((root / ".cache/hmoe/backup").glob("train_base-*/training_metadata.json"))
 
 
-def test_sigkilled_training_resumes_to_the_uninterrupted_result(repo):
+def test_sigkilled_training_resumes_to_the_uninterrupted_result(repo, twins):
+    """The uninterrupted run is a twin: its lock checked out, its outputs (the prepared
+    splits too) are the workspace's, and its figures the reference the resumed run must
+    reach.
+    """
     root, env = repo
-    _run(["dvc", "repro", "train_base"], root, env)
-    reference = json.loads((root / "reports/train_base/metrics.json").read_text())
-    ref_history = pd.read_csv(root / "reports/train_base/history.csv")
+    rev, reference, history_csv = twins[0]
+    _run(["git", "checkout", rev, "--", "dvc.lock", "reports"], root, env)  # uncached outs
+    _run(["dvc", "checkout", "prepare", "train_base"], root, env)
+    ref_history = pd.read_csv(io.StringIO(history_csv))
     assert len(ref_history) == EPOCHS
 
     proc = subprocess.Popen(
