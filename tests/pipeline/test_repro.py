@@ -23,7 +23,6 @@ from hmoe.data.constants import CIFAR10_CLASSES as CLASSES
 from hmoe.data.storage import file_md5
 from tests.support.shared import first_metrics
 from tests.support.tinyrepo import run as _run
-from tests.support.tinyrepo import served_champion
 
 pytestmark = pytest.mark.pipeline
 STAGES = {
@@ -153,37 +152,39 @@ def test_every_network_is_registered_and_tagged(repo, client):
     assert locked["md5"] == base.tags["dvc_md5"]
 
 
-def test_pyfunc_in_a_fresh_process_scores_what_evaluate_reports(repo):
-    root, env, _ = repo
-    res, served, reported = served_champion(root, env)
-    classes = res["columns"][:10]
-    assert classes[0] == "airplane" and len(classes) == 10
-    assert res["columns"][10:] == ["label", "group", "group_probability", "specialist_weight"]
-    for row in res["records"]:
-        assert sum(row[c] for c in classes) == pytest.approx(1.0, abs=1e-4)
-        assert row["label"] == max(classes, key=row.get)
-        assert row["group"] in ("artificial", "natural")
-        assert 0 <= row["specialist_weight"] <= 1 and 0 < row["group_probability"] <= 1
-    assert served == pytest.approx(reported)  # same TTA, same routing
-
-
-def test_cli_predicts_image_files(repo, tmp_path):
+def test_cli_scores_the_test_split_as_files_like_evaluate(repo, tmp_path):
+    """`hmoe predict` in a fresh process (the champion pyfunc from the SQLite registry)
+    on the test split written as PNG files, lossless, and on two odd images: its labels
+    score exactly the mixture accuracy `evaluate` reported (same TTA, same routing). The
+    served frame's columns are the team tier's check.
+    """
     from PIL import Image
 
     root, env, _ = repo
+    with np.load(root / "data/prepared/test.npz") as npz:
+        x, y = npz["x"], npz["y"]
+    files = []
+    for i, image in enumerate(x):
+        files.append(tmp_path / f"test{i:03d}.png")
+        Image.fromarray(image).save(files[-1])
     rng = np.random.default_rng(0)
-    files = [tmp_path / "small.png", tmp_path / "big.jpg"]
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(files[0])
-    Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(files[1])
+    odd = [tmp_path / "small.png", tmp_path / "big.jpg"]
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(odd[0])
+    Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(odd[1])
     cli_env = env | {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
     proc = subprocess.run(
-        [sys.executable, "-m", "hmoe.cli", "predict", *map(str, files)],
+        [sys.executable, "-m", "hmoe.cli", "predict", *map(str, files + odd)],
         cwd=root, env=cli_env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].split()[:2] == ["file", "class"] and len(lines) == 3
-    assert lines[1].split()[1] in CLASSES and lines[2].split()[0].endswith("big.jpg")
+    assert lines[0].split()[:2] == ["file", "class"] and len(lines) == len(files) + 3
+    rows = [line.split() for line in lines[1:]]
+    assert [r[0] for r in rows] == [str(f) for f in files + odd]
+    assert all(r[1] in CLASSES and r[3] in ("artificial", "natural") for r in rows)
+    labels = [CLASSES.index(r[1]) for r in rows[: len(files)]]
+    reported = first_metrics(repo)["mixture_accuracy"]
+    assert np.mean(np.array(labels) == y) == pytest.approx(reported)
     assert "big.jpg: 48x64 RGB -> 32x32 RGB" in proc.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "hmoe.cli", "predict", str(tmp_path / "missing.png")],

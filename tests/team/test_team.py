@@ -137,7 +137,18 @@ def in_process(team, services):
 
 
 def test_the_champion_in_a_fresh_process_scores_what_evaluate_reports(in_process):
-    _, served, reported = in_process
+    """The served frame: each class's probability (rows sum to 1), the label, the routed
+    group and its gate's weight; its accuracy is evaluate's (same TTA, same routing).
+    """
+    res, served, reported = in_process
+    classes = res["columns"][:10]
+    assert classes[0] == "airplane" and len(classes) == 10
+    assert res["columns"][10:] == ["label", "group", "group_probability", "specialist_weight"]
+    for row in res["records"]:
+        assert sum(row[c] for c in classes) == pytest.approx(1.0, abs=1e-4)
+        assert row["label"] == max(classes, key=row.get)
+        assert row["group"] in ("artificial", "natural")
+        assert 0 <= row["specialist_weight"] <= 1 and 0 < row["group_probability"] <= 1
     assert served == pytest.approx(reported)
 
 
