@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.model
 
 SCRIPT = """
-import dataclasses, json, sys
+import dataclasses, json
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -103,9 +103,9 @@ print(json.dumps({
 
 def test_jax_data_parallel_trains_over_two_cpu_devices():
     """`train.distribute` on JAX: keras.distribution.DataParallel over two host devices."""
-    from tests.support.tiers import has_module, need
+    from tests.support.tiers import JAX_INSTALL, has_module, need
 
-    need(has_module("jax"), "the JAX backend needs the jax extra: pip install -e '.[dev,jax]'")
+    need(has_module("jax"), JAX_INSTALL)
     env = os.environ | {
         "PYTHONPATH": str(ROOT),
         "KERAS_BACKEND": "jax",

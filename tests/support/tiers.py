@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 REQUIRE_ALL = "HMOE_REQUIRE_ALL_TIERS"
+JAX_INSTALL = "the JAX backend needs the jax extra: pip install -e '.[dev,jax]'"
 
 
 def need(ok: bool, reason: str) -> None:

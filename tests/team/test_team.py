@@ -26,12 +26,11 @@ import pytest
 
 from hmoe import teamstack
 from tests.support.shared import EXPERIMENT, clone
-from tests.support.tiers import has_module, has_postgres, has_weed, need
+from tests.support.tiers import JAX_INSTALL, has_module, has_postgres, has_weed, need
 from tests.support.tinyrepo import base_env, run, served_champion
 
 pytestmark = pytest.mark.team
 JAX = has_module("jax")
-JAX_INSTALL = "the JAX backend needs the jax extra: pip install -e '.[dev,jax]'"
 TEAM_INSTALL = "pip install -e '.[dev,team]' and PostgreSQL's server (apt-get install postgresql)"
 MODELS = {"hmoe-base", "hmoe-router", "hmoe-mixture"}
 

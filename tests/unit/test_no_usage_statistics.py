@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import ROOT
 
@@ -14,9 +15,11 @@ PROBE = (
 )
 
 
-def _telemetry_off_after(imports: str) -> bool:
-    """In a bare environment (no CI or pytest variables, which MLflow itself heeds)."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
+def _telemetry_off_after(imports: str, home: Path) -> bool:
+    """In a bare environment (no CI or pytest variables, which MLflow itself heeds); its
+    home is a temporary folder, where MLflow keeps its installation id.
+    """
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-c", PROBE.format(imports=imports)], env=env, cwd=ROOT,
         capture_output=True, text=True, timeout=120, check=True,
@@ -24,9 +27,9 @@ def _telemetry_off_after(imports: str) -> bool:
     return proc.stdout.strip().splitlines()[-1] == "True"
 
 
-def test_importing_hmoe_first_turns_mlflow_telemetry_off():
-    assert not _telemetry_off_after("mlflow")  # the control: MLflow's default is on
-    assert _telemetry_off_after("hmoe, mlflow")
+def test_importing_hmoe_first_turns_mlflow_telemetry_off(tmp_path):
+    assert not _telemetry_off_after("mlflow", tmp_path)  # the control: MLflow's default is on
+    assert _telemetry_off_after("hmoe, mlflow", tmp_path)
 
 
 def test_dvc_analytics_are_off_in_the_project_config():
