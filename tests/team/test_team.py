@@ -27,7 +27,7 @@ import pytest
 from hmoe import teamstack
 from tests.support.shared import EXPERIMENT, clone
 from tests.support.tiers import JAX_INSTALL, has_module, has_postgres, has_weed, need
-from tests.support.tinyrepo import base_env, run, served_champion
+from tests.support.tinyrepo import base_env, run
 
 pytestmark = pytest.mark.team
 JAX = has_module("jax")
@@ -126,31 +126,6 @@ def test_every_stage_runs_compiled_on_jax_and_is_tracked(team, services):
     assert base.data.params["jit_compile_used"] == "True"
 
 
-@pytest.fixture(scope="module")
-def in_process(team, services):
-    """The champion loaded through the tracking server and S3 in a fresh process, on the
-    backend it trained on: its predictions of the test split, its accuracy and the one
-    `evaluate` reported.
-    """
-    return served_champion(team["repo"], team["env"], services["MLFLOW_TRACKING_URI"])
-
-
-def test_the_champion_in_a_fresh_process_scores_what_evaluate_reports(in_process):
-    """The served frame: each class's probability (rows sum to 1), the label, the routed
-    group and its gate's weight; its accuracy is evaluate's (same TTA, same routing).
-    """
-    res, served, reported = in_process
-    classes = res["columns"][:10]
-    assert classes[0] == "airplane" and len(classes) == 10
-    assert res["columns"][10:] == ["label", "group", "group_probability", "specialist_weight"]
-    for row in res["records"]:
-        assert sum(row[c] for c in classes) == pytest.approx(1.0, abs=1e-4)
-        assert row["label"] == max(classes, key=row.get)
-        assert row["group"] in ("artificial", "natural")
-        assert 0 <= row["specialist_weight"] <= 1 and 0 < row["group_probability"] <= 1
-    assert served == pytest.approx(reported)
-
-
 def test_teammate_clone_pulls_and_has_nothing_to_rerun(team, services):
     clone = team["root"] / "clone"
     env = team["env"] | {"PYTHONPATH": str(clone)}
@@ -218,20 +193,51 @@ def served(team, services):
         teamstack.stop_tree(proc)
 
 
-def test_champion_answers_http_like_in_process(team, served, in_process):
-    repo = team["repo"]
-    local = in_process[0]
-    with np.load(repo / "data/prepared/test.npz") as npz:
-        x = npz["x"][:8]
-    for payload in ({"inputs": x.tolist()}, {"instances": x.tolist()}):
-        status, text = _post(served, payload)
-        assert status == 200, text[:500]
-        rows = json.loads(text)["predictions"]
-        assert [r["label"] for r in rows] == [r["label"] for r in local["records"][:8]]
-        assert [r["group"] for r in rows] == [r["group"] for r in local["records"][:8]]
-        np.testing.assert_allclose(
-            [r["airplane"] for r in rows], [r["airplane"] for r in local["records"][:8]], atol=1e-5
-        )
+@pytest.fixture(scope="module")
+def answers(team, served) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """The test split's images and labels, and the served champion's answer for them
+    (its rows, in order).
+    """
+    with np.load(team["repo"] / "data/prepared/test.npz") as npz:
+        x, y = npz["x"], npz["y"]
+    status, text = _post(served, {"inputs": x.tolist()})
+    assert status == 200, text[:500]
+    return x, y, json.loads(text)["predictions"]
+
+
+def test_the_served_champion_scores_what_evaluate_reports(team, answers):
+    """The champion, loaded in a fresh process (`mlflow models serve`) through the
+    tracking server and S3, on the backend it trained on: each class's probability (rows
+    sum to 1), the label, the routed group and its gate's weight; its accuracy on the
+    test split is evaluate's (same TTA, same routing).
+    """
+    _, y, rows = answers
+    columns = list(rows[0])
+    classes = columns[:10]
+    assert classes[0] == "airplane" and len(classes) == 10
+    assert columns[10:] == ["label", "group", "group_probability", "specialist_weight"]
+    for row in rows:
+        assert sum(row[c] for c in classes) == pytest.approx(1.0, abs=1e-4)
+        assert row["label"] == max(classes, key=row.get)
+        assert row["group"] in ("artificial", "natural")
+        assert 0 <= row["specialist_weight"] <= 1 and 0 < row["group_probability"] <= 1
+    accuracy = np.mean(np.array([classes.index(r["label"]) for r in rows]) == y)
+    reported = json.loads((team["repo"] / "reports/metrics.json").read_text())
+    assert accuracy == pytest.approx(reported["mixture_accuracy"])
+
+
+def test_instances_get_the_answer_inputs_get(served, answers):
+    """MLflow's other tensor payload, `instances`, on a smaller batch: the same labels
+    and groups, and the same probabilities to float precision.
+    """
+    x, _, rows = answers
+    status, text = _post(served, {"instances": x[:8].tolist()})
+    assert status == 200, text[:500]
+    got = json.loads(text)["predictions"]
+    assert [(r["label"], r["group"]) for r in got] == [(r["label"], r["group"]) for r in rows[:8]]
+    np.testing.assert_allclose(
+        [r["airplane"] for r in got], [r["airplane"] for r in rows[:8]], atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
