@@ -21,25 +21,29 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
-from hmoe import edge, modelset, paths, registry, runtime, tracking
+from hmoe import edge, paths, registry, runtime, tracking
 from hmoe.data.storage import file_md5
 from hmoe.edge import SplitFile, StageError
 from hmoe.params import Params, flatten
-from hmoe.steps.hooks import Fit, Hooks, NetworkJob
 
+# Keras, and the modules that import it, load where a stage runs a network: prepare and
+# groups from params never start TensorFlow (about 5 s of CPU a process).
 if TYPE_CHECKING:
+    import keras
+
     from hmoe.groups import Groups
     from hmoe.mixture import Mixture
     from hmoe.stage_hooks import StageHooks
     from hmoe.steps.evaluate import Evaluation
+    from hmoe.steps.hooks import Fit, NetworkJob
 
 logger = logging.getLogger("hmoe")
 
@@ -82,7 +86,8 @@ class StageRun:
 @contextlib.contextmanager
 def stage(name: str, params: Params, splits: Mapping[str, SplitFile] = ()) -> Iterator[StageRun]:
     """The stage's MLflow child run with its declared params, how it ran (backend,
-    precision, compiled) and its input datasets, logged from the arrays in memory.
+    precision, compiled: for a stage that loaded Keras) and its input datasets, logged
+    from the arrays in memory.
     """
     logged = edge.stage_params(name, params)
     with (
@@ -91,11 +96,13 @@ def stage(name: str, params: Params, splits: Mapping[str, SplitFile] = ()) -> It
             name, params.mlflow.experiment, logged, edge.data_digest(), paths.repo_root()
         ) as (_, parent),
     ):
-        tracking.log_runtime(
-            keras.backend.backend(),
-            keras.mixed_precision.global_policy().name,
-            runtime.resolve_jit(params.train.jit_compile)[0],
-        )
+        keras = sys.modules.get("keras")  # not loaded: the stage ran no network
+        if keras is not None:
+            tracking.log_runtime(
+                keras.backend.backend(),
+                keras.mixed_precision.global_policy().name,
+                runtime.resolve_jit(params.train.jit_compile)[0],
+            )
         for context, split in dict(splits).items():
             tracking.log_dataset(context, split.x, split.y, split.path, file_md5(split.path))
         yield StageRun(parent, params.mlflow.register)
@@ -118,10 +125,11 @@ def output_tags(path: Path) -> dict[str, str]:
 # -- each trained network -------------------------------------------------------------
 
 
-class Watched(Hooks):
+class Watched:
     """A stage's hooks with each network's MLflow run around them: the run opens before
     the network is built, logs every epoch, then its fit time, final metrics and
-    registered version.
+    registered version. It has both methods of :class:`hmoe.steps.hooks.Hooks` without
+    subclassing it, which would load Keras in the stages that train nothing.
     """
 
     def __init__(self, hooks: StageHooks) -> None:
@@ -131,6 +139,8 @@ class Watched(Hooks):
 
     @contextlib.contextmanager
     def network(self, job: NetworkJob) -> Iterator[Fit]:
+        from hmoe.steps.hooks import Fit
+
         inner = self.hooks
         with (
             stage(inner.run_name(job), inner.params, inner.splits) as run,
@@ -193,6 +203,7 @@ def evaluated(
     (classes x classes, rows true) and the per-class table; then the mixture's
     registration, made `@champion` if it is better on val.
     """
+    from hmoe import modelset
     from hmoe.metrics import confusion
 
     x, y = test
@@ -214,6 +225,7 @@ def register_mixture(groups: Groups, params: Params, example: np.ndarray) -> str
     networks and config as artifacts, each network's md5 as a tag.
     """
     import hmoe
+    from hmoe import modelset
     from hmoe.mixture import Prediction
     from hmoe.serving import CONFIG, MixturePyfunc, mixture_config, predictions_frame
 
@@ -247,6 +259,8 @@ def finish_pipeline(
     effective param (flattened: `mlflow ui` compares runs by them), the summary metrics
     and the report on it and mark it finished.
     """
+    from hmoe import modelset
+
     outs = modelset.model_files(groups.names)
     md5s = {name: file_md5(path) for name, path in outs.items() if path.is_file()}
     registry.link_lineage(run.parent, md5s)

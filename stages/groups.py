@@ -1,12 +1,15 @@
 """Stage `groups`: the partition of the classes that every later stage uses
 (:func:`hmoe.steps.groups.learn_groups`), written to reports/groups.json.
+
+An explicit partition in params.yaml needs no network: the stage starts Keras (and its
+backend's seconds of start-up) only to learn the groups from the base.
 """
 
 from __future__ import annotations
 
 import logging
 
-from hmoe import edge, modelset, observer, paths, runtime
+from hmoe import edge, observer, paths, runtime
 from hmoe.data.storage import write_json
 from hmoe.steps.groups import learn_groups
 
@@ -15,9 +18,12 @@ logger = logging.getLogger("hmoe.groups")
 
 
 def main() -> None:
-    params = runtime.init(STAGE)
+    params = edge.init(STAGE)
     splits, base = {}, None
     if params.learned_groups:  # groups: N, from the base's confusions on val
+        from hmoe import modelset  # loads Keras
+
+        params = runtime.init(STAGE)
         splits = {"val": edge.read_split("val")}
         base = modelset.load_model(paths.BASE_MODEL)
     with observer.stage(STAGE, params, splits) as run:

@@ -9,9 +9,8 @@ test split is never read.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from hmoe import grouping
@@ -19,6 +18,9 @@ from hmoe.data.constants import CIFAR10_CLASSES
 from hmoe.groups import Groups
 from hmoe.metrics import confusion
 from hmoe.params import Params
+
+if TYPE_CHECKING:  # a learned partition's caller has loaded the base, and Keras
+    import keras
 
 
 def learn_groups(
