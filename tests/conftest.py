@@ -30,7 +30,9 @@ pytest_plugins = ["tests.support.shared"]
 # Units go out in the order below, longest first (`--no-loadscope-reorder`: xdist would
 # otherwise sort them by their number of tests, which puts the two-test JAX and
 # reliability tiers last); the other modules follow in file order, and a worker gets
-# its next unit when its current one is almost done.
+# its next unit when two tests of its current one are left. test_repro ends on two
+# short checks, so the team tier goes to the worker that finishes the sweep first, not
+# behind test_repro on one worker (the two in a row took 620 s of a 666 s run).
 GROUPS = {"test_sweep": "sweep", "test_ray_sweep": "sweep"}
 HEAVY_FIRST = (
     "test_repro",
