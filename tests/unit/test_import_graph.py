@@ -1,4 +1,5 @@
-"""The hmoe package imports in one direction, and MLflow code knows no pipeline code.
+"""The hmoe package imports in one direction, MLflow code knows no pipeline code, and
+the stages that train nothing never load Keras.
 
 Every module under hmoe/ is parsed with ``ast``; an edge is any import of another hmoe
 module, at module level or inside a function (a function-level import is still a
@@ -9,6 +10,10 @@ depend on how runs are logged (tests/unit/test_dvc_deps.py keeps it out of DVC's
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -86,3 +91,27 @@ def test_tracking_and_registry_import_no_hmoe_module():
     graph = import_graph()
     for name in NO_PIPELINE_IMPORTS:
         assert not graph[name], f"{name} imports {sorted(graph[name])}: pass values in instead"
+
+
+NO_KERAS = """
+import sys
+import stages.prepare, stages.groups, stages.train_second_base
+stages.train_second_base.main()  # controls.second_base: false, as in params.yaml
+print(sorted(m for m in ("keras", "tensorflow", "jax") if m in sys.modules))
+"""
+
+
+def test_stages_that_train_nothing_never_load_keras(tmp_path):
+    """prepare, groups from params and a skipped second base run no network: loading
+    Keras (and its backend) would cost each of them more CPU than its own work on tiny
+    data, in every tiny repro of the suite.
+    """
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_KERAS], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1] == "[]", proc.stdout
+    assert (tmp_path / "models/second_base/NOT_TRAINED").is_file()
