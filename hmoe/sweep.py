@@ -305,7 +305,7 @@ class Runner:
     seconds: dict[str, float] = field(default_factory=dict)
     cost: dict[tuple, tuple[float, float]] = field(default_factory=dict)  # key -> (GMACs, s)
     hooks: SweepHooks | None = None
-    labels: dict[str, np.ndarray] = field(default_factory=dict)  # the last evaluate's
+    evaluated: Any = None  # the last evaluate's (hmoe.evidence.Evaluated): labels, evidence
 
     def cached(self, step: str, key: tuple, seed: int, make: Callable[[], Any]) -> Any:
         """``make()`` once per key (seeded as a stage would be), timed and logged."""
@@ -357,8 +357,8 @@ class Runner:
         """The findings row: evaluate's metrics, val figures, times, rates and costs."""
         result, gates, (groups, _) = done["evaluate"], done["train_gates"], done["groups"]
         row = dict(result.metrics) | paired_by_seed(result.labels, self.splits["test"][1])
-        self.labels = result.labels
-        row["best_control"] = result.best_control
+        self.evaluated = result
+        row["best_control"] = result.evaluation.best_control
         row |= {key: gates.summary[name] for key, name in VAL_FIGURES.items()}
         row["groups"] = yaml.safe_dump(groups.to_dict(), default_flow_style=True).strip()
         row |= {f"{s}_s": self.seconds.get(s, 0.0) for s in STEPS}
@@ -401,8 +401,8 @@ def stage_steps(
     """For each dvc.yaml stage, the step its stage module calls, on the results of the
     stages before it (by stage name). The data are prepared once for every configuration.
     """
+    from hmoe.evidence import Evaluated, KeepingMixture, evidence_of
     from hmoe.gates import GateInput
-    from hmoe.mixture import Mixture
     from hmoe.steps import experts
     from hmoe.steps.evaluate import evaluate
     from hmoe.steps.gates import gate_fit_split, train_gates
@@ -410,9 +410,9 @@ def stage_steps(
 
     train, val = splits["train"], splits["val"]
 
-    def mixture(done: Mapping[str, Any], gates: Sequence = ()) -> Mixture:
+    def mixture(done: Mapping[str, Any], gates: Sequence = ()) -> KeepingMixture:
         groups = done["groups"][0]
-        return Mixture(
+        return KeepingMixture(
             router=done["train_router"].model,
             base=done["train_base"].model,
             specialists={g: t.model for g, t in done["train_specialists"].items()},
@@ -433,14 +433,12 @@ def stage_steps(
         fit = gate_fit_split(p.gates.fit_on, splits["gate"], train)
         return train_gates(p, done["groups"][0], mixture(done), fit, val)
 
-    def evaluated(done: Mapping[str, Any]) -> Any:
-        second = done["train_second_base"]
-        return evaluate(
-            mixture(done, done["train_gates"].gates),
-            splits["test"],
-            second_base=None if second is None else second.model,
-            seed=p.seed,
-        )
+    def evaluated(done: Mapping[str, Any]) -> Evaluated:
+        second, gates = done["train_second_base"], done["train_gates"]
+        second_model = None if second is None else second.model
+        mixed = mixture(done, gates.gates)
+        result = evaluate(mixed, splits["test"], second_base=second_model, seed=p.seed)
+        return evidence_of(mixed, result, gates, val, second_model, splits["test"][1])
 
     def network(train_one: Callable[..., Any]) -> Callable[[Mapping[str, Any]], Any]:
         def step(done: Mapping[str, Any]) -> Any:
@@ -575,7 +573,7 @@ def run_sweep(
     provenance = {"commit": _commit(), "machine": runtime.machine()}
     for pair in pairs:
         row = run_pair(runner, pair, provenance)
-        add_row(rows, row, runner.labels, out, runner.splits["test"][1])
+        add_row(rows, row, runner.evaluated, out, runner.splits["test"][1])
     return finish(rows, out, spec.reference, start)
 
 
@@ -627,8 +625,8 @@ def run_group(
     where: Mapping[str, Any],
     *,
     setup: TaskSetup,
-) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-    """A reuse group in a worker process: (row, test labels) per pair. ``where`` (node,
+) -> list[tuple[dict[str, Any], Any]]:
+    """A reuse group in a worker process: (row, its evaluation) per pair. ``where`` (node,
     attempt, process id) goes on each MLflow parent run; node and attempt on each row.
     """
     import os
@@ -648,7 +646,7 @@ def run_group(
     for pair in pairs:
         row = run_pair(runner, pair, provenance, tags)
         row |= {"node": where["node"], "attempt": where["attempt"]}
-        results.append((row, dict(runner.labels)))
+        results.append((row, runner.evaluated))
     return results
 
 
@@ -678,8 +676,8 @@ def run_sweep_ray(spec: SweepSpec, out: Path, options: Any, *, track: bool = Tru
                 logger.error("%s failed: %s", names, result)
                 failed.append(names)
                 continue
-            for row, labels in result:
-                add_row(rows, row, labels, out, splits["test"][1])
+            for row, evaluated in result:
+                add_row(rows, row, evaluated, out, splits["test"][1])
         if failed:
             raise SweepError(
                 f"{len(failed)} task(s) failed ({'; '.join(failed)}); the finished rows "
@@ -717,7 +715,7 @@ def run_pair(
     tags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One configuration x seed under its MLflow parent run; returns its findings row
-    (its test labels stay in ``runner.labels``).
+    (its evaluation, labels and evidence, stays in ``runner.evaluated``).
     """
     from hmoe import runtime
 
@@ -734,15 +732,17 @@ def run_pair(
 def add_row(
     rows: list[dict[str, Any]],
     row: dict[str, Any],
-    labels: Mapping[str, np.ndarray],
+    evaluated: Any,
     out: Path,
     y: np.ndarray,
 ) -> None:
     """Append a finished row and rewrite findings.csv (nothing lost on a crash), with
-    the row's test labels beside it.
+    the row's test labels and every network's probabilities (:mod:`hmoe.evidence`)
+    beside it, written first: a row in the CSV always has its files.
     """
     name, seed = row["config"], row["seed"]
-    save_labels(out / "labels" / f"{name}-s{seed}.npz", labels, y)
+    save_labels(out / "labels" / f"{name}-s{seed}.npz", evaluated.labels, y)
+    evaluated.save(out / "evidence" / f"{name}-s{seed}.npz")
     rows.append(row)
     pd.DataFrame(rows).to_csv(out / "findings.csv", index=False)
     logger.info(

@@ -1,0 +1,189 @@
+"""Every network's per-image probabilities on val and test, saved per seed by the sweep.
+
+A sweep's networks are thrown away when it ends; these files keep what they said, so
+that a later question about them (a cascade, another gate, another control) is answered
+from the files without training again (:mod:`hmoe.frontier`, ``python -m hmoe.findings``).
+
+One compressed npz per configuration x seed, float16 (a few hundred kB), with for each
+split ``s`` in ``val`` and ``test``:
+
+- ``s_y``: the true labels (int8);
+- ``s_base``, ``s_second_base`` (when the control was trained): (N, C) distributions;
+- ``s_specialist_<group>``: (N, k) over the group's own classes (``class_ids_<group>``);
+- ``s_router``: (N, G) the routing distribution the mixture used (after
+  ``mixture.router_fusion``); ``s_router_net``: the router network's own;
+- ``s_gate_<group>``: (N,) the weight group's gate gave its specialist (the base gets
+  one minus it), on every image (dense, as soft routing uses them).
+
+All with the mixture's test-time views, exactly as `train_gates` and `evaluate` saw them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hmoe.mixture import Mixture, Outputs, combine, embed, route_weights
+
+SPLITS = ("val", "test")
+
+
+class KeepingMixture(Mixture):
+    """The mixture, keeping the last dense outputs and network probabilities it computed.
+
+    The sweep hands this to the evaluate step, so the test split's outputs are saved
+    from the very arrays evaluate scored, without running the networks a second time.
+    """
+
+    kept_outputs: Outputs | None = None
+    kept_network: np.ndarray | None = None
+
+    def outputs(self, x: np.ndarray) -> Outputs:
+        self.kept_outputs = super().outputs(x)
+        return self.kept_outputs
+
+    def predict_network(self, model, x: np.ndarray) -> np.ndarray:
+        self.kept_network = super().predict_network(model, x)
+        return self.kept_network
+
+
+@dataclass(frozen=True)
+class SplitEvidence:
+    """One split's probabilities, in float32 (as computed, or as read back from float16)."""
+
+    y: np.ndarray  # (N,)
+    base: np.ndarray  # (N, C)
+    specialists: tuple[np.ndarray, ...]  # G x (N, C), embedded into all classes
+    router: np.ndarray  # (N, G) the routing distribution the mixture used
+    router_net: np.ndarray | None  # (N, G) the router network's own
+    gates: tuple[np.ndarray, ...]  # G x (N,) weight on the specialist
+    second_base: np.ndarray | None  # (N, C)
+
+    def gate_weights(self) -> list[np.ndarray]:
+        """Each gate's (N, 2) weights: on the base, on its specialist."""
+        return [np.stack([1 - w, w], axis=1).astype(np.float32) for w in self.gates]
+
+    def mixture(self, routing: str) -> np.ndarray:
+        """The mixture's distribution under ``routing`` (hard or soft)."""
+        route = route_weights(self.router, routing)
+        return combine(route, self.gate_weights(), self.base, self.specialists)
+
+
+def split_evidence(
+    out: Outputs, gate_weights: Sequence[np.ndarray], y: np.ndarray, second: np.ndarray | None
+) -> SplitEvidence:
+    """One split's evidence from a mixture's dense outputs and its gates' weights."""
+    return SplitEvidence(
+        y=np.asarray(y),
+        base=out.base,
+        specialists=tuple(out.specs),
+        router=out.router,
+        router_net=out.router_net,
+        gates=tuple(np.asarray(w)[:, 1] for w in gate_weights),
+        second_base=second,
+    )
+
+
+def save_evidence(
+    path: Path, splits: Mapping[str, SplitEvidence], class_ids: Mapping[str, Sequence[int]]
+) -> None:
+    """Write one configuration x seed's evidence (float16, compressed), atomically."""
+    arrays: dict[str, np.ndarray] = {}
+    names = list(class_ids)
+    for g in names:
+        arrays[f"class_ids_{g}"] = np.asarray(class_ids[g], dtype=np.int8)
+    for s, ev in splits.items():
+        arrays[f"{s}_y"] = np.asarray(ev.y).astype(np.int8)
+        arrays[f"{s}_base"] = _half(ev.base)
+        arrays[f"{s}_router"] = _half(ev.router)
+        if ev.router_net is not None:
+            arrays[f"{s}_router_net"] = _half(ev.router_net)
+        if ev.second_base is not None:
+            arrays[f"{s}_second_base"] = _half(ev.second_base)
+        for g, spec, w in zip(names, ev.specialists, ev.gates, strict=True):
+            arrays[f"{s}_specialist_{g}"] = _half(spec[:, list(class_ids[g])])
+            arrays[f"{s}_gate_{g}"] = _half(w)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as f:
+        np.savez_compressed(f, groups=np.asarray(names), **arrays)
+    partial.replace(path)
+
+
+def load_evidence(path: Path) -> dict[str, SplitEvidence]:
+    """A saved file's splits, in float32, specialists embedded into all classes again."""
+    with np.load(path) as f:
+        a = {k: f[k] for k in f.files}
+    names = [str(g) for g in a["groups"]]
+    ids = {g: [int(i) for i in a[f"class_ids_{g}"]] for g in names}
+    found = {}
+    for s in SPLITS:
+        if f"{s}_base" not in a:
+            continue
+        base = a[f"{s}_base"].astype(np.float32)
+        n_classes = base.shape[1]
+        found[s] = SplitEvidence(
+            y=a[f"{s}_y"].astype(np.int64),
+            base=base,
+            specialists=tuple(
+                embed(a[f"{s}_specialist_{g}"].astype(np.float32), ids[g], n_classes) for g in names
+            ),
+            router=a[f"{s}_router"].astype(np.float32),
+            router_net=_optional(a, f"{s}_router_net"),
+            gates=tuple(a[f"{s}_gate_{g}"].astype(np.float32) for g in names),
+            second_base=_optional(a, f"{s}_second_base"),
+        )
+    return found
+
+
+def _half(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32).astype(np.float16)
+
+
+def _optional(arrays: Mapping[str, np.ndarray], key: str) -> np.ndarray | None:
+    return arrays[key].astype(np.float32) if key in arrays else None
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """The evaluate step's result in a sweep, with the evidence saved beside its row."""
+
+    evaluation: object  # hmoe.steps.evaluate.Evaluation (imported lazily: it loads Keras)
+    evidence: dict[str, SplitEvidence]
+    class_ids: dict[str, list[int]]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.evaluation.metrics
+
+    @property
+    def labels(self) -> dict[str, np.ndarray]:
+        return self.evaluation.labels
+
+    def save(self, path: Path) -> None:
+        save_evidence(path, self.evidence, self.class_ids)
+
+
+def evidence_of(
+    mixed: KeepingMixture,
+    evaluation,
+    gates,
+    val: tuple[np.ndarray, np.ndarray],
+    second_model,
+    y_test: np.ndarray,
+) -> Evaluated:
+    """Val and test evidence of an evaluated mixture: test from what evaluate scored
+    (kept by ``mixed``), val from the gates step's frozen outputs, with the trained gates'
+    weights and the second base run there (the only networks run again: a few seconds).
+    """
+    second_test = mixed.kept_network if second_model is not None else None
+    test = split_evidence(mixed.kept_outputs, evaluation.gate_weights, y_test, second_test)
+    out_val = gates.val_outputs
+    second_val = None if second_model is None else mixed.predict_network(second_model, val[0])
+    val_ev = split_evidence(out_val, mixed.gate_weights(out_val), val[1], second_val)
+    groups = mixed.groups
+    ids = {g: list(groups.class_ids(g)) for g in groups.names}
+    return Evaluated(evaluation, {"val": val_ev, "test": test}, ids)
