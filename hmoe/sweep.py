@@ -19,12 +19,15 @@ are identical across configurations (the same seed's base, say) is trained once 
 reused, as DVC's run cache would. With MLflow importable, each configuration x seed is
 a parent run tagged ``sweep`` with a child per step. The output folder gets
 ``findings.csv`` (one row per configuration x seed, written as each finishes: a
-rerun skips the rows already there), ``findings.md`` and ``findings.png``, computed
-from the CSV by :mod:`hmoe.findings` (``python -m hmoe.findings OUT`` rebuilds them):
-per configuration the mean ± std of each accuracy and control over seeds, the paired
+rerun skips the rows already there), beside each row its test labels (``labels/``) and
+every network's per-image probabilities on val and test (``evidence/``,
+:mod:`hmoe.evidence`), and ``findings.md`` and ``findings.png``, computed from those
+files by :mod:`hmoe.findings` (``python -m hmoe.findings OUT`` rebuilds them): per
+configuration the mean ± sd of each accuracy and control over seeds, the paired
 differences against the reference and against two bases with t-intervals across seeds,
-per seed McNemar, and accuracy against inference cost. Only the test split of the
-steps' evaluate is scored; it chooses nothing.
+per seed McNemar, accuracy against inference cost with the confidence cascades'
+frontier, and the gates against fixed 1/2 gates. Only the test split of the steps'
+evaluate is scored; it chooses nothing.
 
 ``--engine ray`` runs the same pairs as Ray tasks (:mod:`hmoe.sweep_ray`, docs/team.md):
 one task per reuse group (the pairs that share a network), so every network is still
@@ -52,7 +55,7 @@ import pandas as pd
 import yaml
 
 from hmoe import paths
-from hmoe.findings import findings_markdown, write_findings
+from hmoe.findings import write_findings
 from hmoe.params import Params, ParamsError, parse_params
 from hmoe.profile import merged
 
@@ -356,7 +359,7 @@ class Runner:
     def _row(self, done: Mapping[str, Any], keys: Mapping[str, tuple], hooks: SweepHooks) -> dict:
         """The findings row: evaluate's metrics, val figures, times, rates and costs."""
         result, gates, (groups, _) = done["evaluate"], done["train_gates"], done["groups"]
-        row = dict(result.metrics) | paired_by_seed(result.labels, self.splits["test"][1])
+        row = dict(result.metrics)
         self.evaluated = result
         row["best_control"] = result.evaluation.best_control
         row |= {key: gates.summary[name] for key, name in VAL_FIGURES.items()}
@@ -458,28 +461,6 @@ def stage_steps(
         "train_gates": gates,
         "evaluate": evaluated,
     }
-
-
-# Per seed, image by image (McNemar): (name, mixture side, other side).
-PAIRS = (
-    ("soft_vs_two_bases", "soft", "two_bases"),
-    ("hard_vs_two_bases", "hard", "two_bases"),
-    ("mixture_vs_base", "mixture", "base"),
-)
-
-
-def paired_by_seed(labels: Mapping[str, np.ndarray], y: np.ndarray) -> dict[str, float]:
-    """Exact McNemar p and the discordant counts of each pair in :data:`PAIRS` present."""
-    from hmoe.stats import mcnemar_exact
-
-    out: dict[str, float] = {}
-    for name, a, b in PAIRS:
-        if a in labels and b in labels:
-            ra, rb = labels[a] == y, labels[b] == y
-            only_a, only_b = int(np.sum(ra & ~rb)), int(np.sum(~ra & rb))
-            out[f"{name}_only_a"], out[f"{name}_only_b"] = only_a, only_b
-            out[f"{name}_mcnemar_p"] = mcnemar_exact(only_a, only_b)
-    return out
 
 
 def _summary(value: Any) -> dict[str, float]:
@@ -839,10 +820,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (SweepError, ParamsError) as err:
         raise SystemExit(f"hmoe.sweep: {err}") from None
     if args.engine == "ray":
-        frame = _main_ray(spec, args)
+        _main_ray(spec, args)
     else:
-        frame = run_sweep(spec, args.out, track=not args.no_mlflow, threads=args.threads)
-    print(findings_markdown(frame, spec.reference))  # noqa: T201  (a CLI's output)
+        run_sweep(spec, args.out, track=not args.no_mlflow, threads=args.threads)
+    print((args.out / "findings.md").read_text())  # noqa: T201  (a CLI's output)
 
 
 def _main_ray(spec: SweepSpec, args: argparse.Namespace) -> pd.DataFrame:

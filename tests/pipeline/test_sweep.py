@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -38,6 +39,37 @@ def test_findings_have_every_configuration_and_seed(sweep):
     assert (hard["mixture_accuracy"] == hard["hard_accuracy"]).all()
 
 
+def test_the_saved_evidence_gives_back_every_rows_figures(sweep):
+    """Each row's probabilities on val and test (float16) recompute its accuracies: the
+    files are what the networks said, and later findings can be built on them alone.
+    """
+    from hmoe.evidence import load_evidence
+
+    repo, _, _ = sweep
+    frame = pd.read_csv(repo / "out/findings.csv")
+    for _, row in frame.iterrows():
+        ev = load_evidence(repo / "out/evidence" / f"{row['config']}-s{row['seed']}.npz")
+        test, val = ev["test"], ev["val"]
+        with np.load(repo / "out/labels" / f"{row['config']}-s{row['seed']}.npz") as labels:
+            np.testing.assert_array_equal(test.y, labels["y"])
+        n_test, n_val = len(test.y), len(val.y)
+        figures = {
+            "base_accuracy": _acc(test.base, test.y),
+            "hard_accuracy": _acc(test.mixture("hard"), test.y),
+            "soft_accuracy": _acc(test.mixture("soft"), test.y),
+            "two_bases_control_accuracy": _acc(test.base + test.second_base, test.y),
+            "val_base_accuracy": _acc(val.base, val.y),
+            "val_soft_accuracy": _acc(val.mixture("soft"), val.y),
+        }
+        for key, value in figures.items():  # float16 may flip a near tie: one image at most
+            n = n_val if key.startswith("val_") else n_test
+            assert abs(value - row[key]) <= 1 / n + 1e-9, (row["config"], row["seed"], key)
+
+
+def _acc(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(probs, axis=1) == y))
+
+
 def test_a_network_with_identical_params_is_trained_once(sweep):
     repo, _, _ = sweep
     frame = pd.read_csv(repo / "out/findings.csv").set_index(["config", "seed"])
@@ -57,7 +89,7 @@ def test_findings_table_compares_with_the_reference(sweep):
     md = (repo / "out/findings.md").read_text()
     first_table = md.split("\n\n")[0]  # the configuration table; other sections follow
     lines = [ln for ln in first_table.splitlines() if ln.startswith("| ")]
-    assert lines[0].startswith("| configuration | seeds | mixture |")
+    assert lines[0].startswith("| configuration | seeds | mixture (± sd) |")
     assert "mixture - default (95 % t-CI, p)" in lines[0]
     rows = {ln.split(" | ")[0].removeprefix("| "): ln for ln in lines[1:]}
     assert set(rows) == {"default", "finetuned_hard"}

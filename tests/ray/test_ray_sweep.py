@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
@@ -143,12 +144,23 @@ def test_a_configuration_reusing_the_base_trains_none(ray_sweep):
         assert frame.loc[("finetuned_hard", seed), "specialists_s"] > 0
 
 
-def test_accuracies_equal_the_in_process_run(ray_sweep, in_process):
+def test_accuracies_and_saved_files_equal_the_in_process_run(
+    ray_sweep, in_process, repo, tiny_sweep
+):
     ray_frame = ray_sweep[0].set_index(["config", "seed"]).sort_index()
     local = in_process.set_index(["config", "seed"]).sort_index()
-    columns = [c for c in local if c.endswith(("accuracy", "_only_a", "_only_b"))]
+    columns = [c for c in local if c.endswith("accuracy")]
     assert len(columns) > 10
     pd.testing.assert_frame_equal(ray_frame[columns], local[columns])
+    for folder in ("labels", "evidence"):  # every prediction and probability, bit for bit
+        mine = sorted((repo[0] / "rayout" / folder).glob("*.npz"))
+        theirs = tiny_sweep.repo / "out" / folder
+        assert [f.name for f in mine] == sorted(f.name for f in theirs.glob("*.npz"))
+        for f in mine:
+            with np.load(f) as a, np.load(theirs / f.name) as b:
+                assert sorted(a.files) == sorted(b.files)
+                for k in a.files:
+                    np.testing.assert_array_equal(a[k], b[k], err_msg=f"{folder}/{f.name}: {k}")
 
 
 def test_the_killed_run_is_marked_killed_and_its_retry_finished(ray_sweep, repo):

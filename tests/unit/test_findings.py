@@ -10,14 +10,13 @@ from scipy import stats
 from hmoe.findings import (
     decisive_table,
     findings_markdown,
-    main,
     mcnemar_table,
     point_table,
     read_findings,
     t_interval,
     write_findings,
 )
-from hmoe.stats import mcnemar_exact
+from hmoe.findings.__main__ import main
 
 SEEDS = (42, 43, 44)
 # Per seed: soft, hard, mixture (soft routing), base, two bases, oracle accuracies.
@@ -28,7 +27,7 @@ ACC = {
     "two_bases_control_accuracy": (0.886, 0.889, 0.887),
     "oracle_accuracy": (0.896, 0.899, 0.897),
 }
-DISCORDANT = {  # (only the mixture right, only the other right) per seed
+DISCORDANT = {  # (only the mixture right, only the other right) per seed, in the labels
     "soft_vs_two_bases": ((120, 170), (130, 180), (110, 190)),
     "hard_vs_two_bases": ((100, 190), (90, 180), (95, 185)),
     "mixture_vs_base": ((80, 20), (60, 10), (70, 20)),
@@ -49,10 +48,6 @@ def rows(config: str = "default") -> list[dict]:
     for i, seed in enumerate(SEEDS):
         row = {"config": config, "seed": seed, **{k: v[i] for k, v in ACC.items()}, **COSTS}
         row["mixture_accuracy"] = row["soft_accuracy"]
-        for name, counts in DISCORDANT.items():
-            a, b = counts[i]
-            row |= {f"{name}_only_a": a, f"{name}_only_b": b}
-            row[f"{name}_mcnemar_p"] = mcnemar_exact(a, b)
         row |= {"commit": "f92cfa4", "machine": "AMD EPYC 7B13 (2 cores)", "wall_s": 2700.0 + i}
         out.append(row)
     return out
@@ -102,20 +97,46 @@ def test_decisive_comparisons_are_paired_by_seed():
         "mixture (soft) - two bases",
         "mixture (hard) - two bases",
         "mixture - base",
+    }  # no fixed 1/2 gates in these rows: that comparison is left out
+
+
+def labels_with(counts: dict[str, tuple[int, int]], both: int = 50) -> dict[str, np.ndarray]:
+    """Test labels in which each comparison's predictors disagree as ``counts`` says
+    (images only the mixture side gets right, images only the control gets right).
+    """
+    sides = {"soft_vs_two_bases": ("soft", "two_bases"), "mixture_vs_base": ("mixture", "base")}
+    n = sum(a + b for a, b in counts.values()) + both
+    out = {"y": np.zeros(n, dtype=np.int8)}
+    start = 0
+    for name, (only_a, only_b) in counts.items():
+        a_key, b_key = sides[name]
+        a_right, b_right = np.zeros(n, bool), np.zeros(n, bool)
+        a_right[start : start + only_a] = True
+        b_right[start + only_a : start + only_a + only_b] = True
+        a_right[-both:] = b_right[-both:] = True
+        out[a_key], out[b_key] = np.where(a_right, 0, 1), np.where(b_right, 0, 2)
+        start += only_a + only_b
+    return out
+
+
+def test_mcnemar_section_gives_each_seeds_counts_and_exact_p_from_the_labels():
+    labels = {
+        ("default", seed): labels_with(
+            {k: DISCORDANT[k][i] for k in DISCORDANT if k != "hard_vs_two_bases"}
+        )
+        for i, seed in enumerate(SEEDS)
     }
-
-
-def test_mcnemar_section_gives_each_seeds_counts_and_exact_p():
-    table = mcnemar_table(pd.DataFrame(rows()))
-    assert len(table) == 3 * 3  # seeds x comparisons
-    hard = table[(table["comparison"] == "hard_vs_two_bases") & (table["seed"] == 43)].iloc[0]
-    assert (hard["only_a"], hard["only_b"]) == (90, 180)
-    assert hard["p"] == pytest.approx(stats.binomtest(90, 270, 0.5).pvalue)
-    md = findings_markdown(pd.DataFrame(rows()), "default")
+    table = mcnemar_table(labels)
+    assert len(table) == 3 * 2  # seeds x the comparisons the labels hold
+    soft = table[(table["comparison"] == "soft_vs_two_bases") & (table["seed"] == 43)].iloc[0]
+    assert (soft["only_a"], soft["only_b"]) == (130, 180)
+    assert soft["p"] == pytest.approx(stats.binomtest(130, 310, 0.5).pvalue)
+    md = findings_markdown(pd.DataFrame(rows()), "default", labels=labels)
     section = md[md.index("## The decisive comparisons") :]
     assert "| default | 43 | 130 / 180 (p=" in section
-    assert "mixture (hard) - two bases" in section
+    assert "mixture (hard) - two bases" in section  # across seeds, from the CSV
     assert "mixture lower" in section  # its interval excludes 0
+    assert "McNemar" not in findings_markdown(pd.DataFrame(rows()), "default")  # no labels
 
 
 def test_provenance_names_commit_machine_and_wall_time_per_seed():
@@ -128,7 +149,7 @@ def test_provenance_names_commit_machine_and_wall_time_per_seed():
 def test_the_configuration_table_stays_first():
     md = findings_markdown(pd.DataFrame(rows()), "default")
     first = next(line for line in md.splitlines() if line.startswith("| "))
-    assert first.startswith("| configuration | seeds | mixture |")
+    assert first.startswith("| configuration | seeds | mixture (± sd) |")
 
 
 def test_png_is_written_and_is_a_png(tmp_path):
@@ -149,21 +170,12 @@ def test_an_old_csv_without_the_new_columns_still_gives_findings(tmp_path):
     old_rows().to_csv(tmp_path / "findings.csv", index=False)
     main([str(tmp_path)])
     md = (tmp_path / "findings.md").read_text()
-    assert md.startswith("| configuration | seeds | mixture |")
+    assert md.startswith("| configuration | seeds | mixture (± sd) |")
     assert "mixture - base" in md  # what it can compute
     assert "(soft) - two bases" not in md  # no soft nor two bases: no such comparison
     assert "McNemar" not in md and "![" not in md  # what it cannot: left out
     assert not (tmp_path / "findings.png").exists()
     assert "| 42 | 1 | 45.0 | not recorded | not recorded |" in md
-
-
-def test_an_older_evaluate_mcnemar_stands_in_for_mixture_vs_base(tmp_path):
-    frame = pd.DataFrame(rows())
-    frame = frame.drop(columns=[c for c in frame if c.startswith("mixture_vs_base_")])
-    frame["vs_base_only_a"], frame["vs_base_only_b"] = 80, 20
-    frame["vs_base_mcnemar_p"] = mcnemar_exact(80, 20)
-    table = mcnemar_table(frame)
-    assert (table[table["comparison"] == "mixture_vs_base"]["only_a"] == 80).all()
 
 
 def test_commits_that_look_like_numbers_stay_text(tmp_path):
