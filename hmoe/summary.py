@@ -2,7 +2,7 @@
 
     dvc exp run --queue -S seed=1 ; dvc exp run --queue -S seed=2 ; dvc queue start -j 2
     python -m hmoe.summary                       # every experiment
-    python -m hmoe.summary --by mixture.routing  # one row per routing
+    python -m hmoe.summary --by mixture.routing  # one row per routing, tested within each
 
 Reads ``dvc.api.exp_show()`` (one row per revision, the same data `dvc exp show`
 prints) and prints a table.
@@ -70,6 +70,28 @@ def paired_lift(df: pd.DataFrame, a: str = "mixture_accuracy", b: str = "base_ac
     return {"n": n, "mean_diff": mean, "ci_low": low, "ci_high": high, "p_value": p}
 
 
+def paired_lifts(
+    df: pd.DataFrame,
+    by: str | None = None,
+    a: str = "mixture_accuracy",
+    b: str = "base_accuracy",
+) -> pd.DataFrame:
+    """:func:`paired_lift` over all experiments, or within each value of the parameter
+    ``by``: experiments of different configurations are not pairs of one comparison, so
+    pooling them would test nothing in particular. A group with fewer than two
+    experiments gets its count and no interval.
+    """
+    groups = [("all", df)] if not by else list(df.groupby(by, sort=True))
+    rows = []
+    for name, group in groups:
+        try:
+            rows.append({by or "experiments": name} | paired_lift(group, a, b))
+        except ValueError:
+            n = int(group[[a, b]].apply(pd.to_numeric, errors="coerce").dropna().shape[0])
+            rows.append({by or "experiments": name, "n": n})
+    return pd.DataFrame(rows)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import dvc.api
 
@@ -80,16 +102,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     df = frame(dvc.api.exp_show())
     if df.empty:
         raise SystemExit("no experiment has reports/metrics.json yet: run `dvc exp run` first")
+    try:
+        table = summarise(df, args.metrics, args.by)
+    except ValueError as err:
+        raise SystemExit(f"hmoe.summary: {err}") from None
     with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 160):
         print(f"{len(df)} experiments")  # noqa: T201  (a CLI's output)
-        print(summarise(df, args.metrics, args.by))  # noqa: T201
+        print(table)  # noqa: T201
         if len(df) > 1 and {"mixture_accuracy", "base_accuracy"} <= set(df):
-            t = paired_lift(df)
-            print(  # noqa: T201
-                f"mixture - base over {t['n']} experiments: {t['mean_diff']:+.4f} "
-                f"(95 % CI {t['ci_low']:+.4f} .. {t['ci_high']:+.4f}, "
-                f"paired t-test p={t['p_value']:.3g})"
-            )
+            where = f"within each {args.by}" if args.by else "over all experiments"
+            print(f"mixture - base, paired t-test {where} (95 % t-interval):")  # noqa: T201
+            print(paired_lifts(df, args.by).to_string(index=False))  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """hmoe.summary over rows shaped like dvc.api.exp_show()'s."""
 
+import pandas as pd
 import pytest
 
 from hmoe.summary import frame, summarise
@@ -63,3 +64,25 @@ def test_paired_lift_across_experiments():
     assert t["ci_high"] - t["mean_diff"] == pytest.approx(12.706 * 0.005, rel=1e-3)
     with pytest.raises(ValueError, match="at least 2"):
         paired_lift(df.iloc[:1])
+
+
+def test_by_tests_within_each_group_never_pooled():
+    from hmoe.summary import paired_lift, paired_lifts
+
+    rows = [
+        _row(f"h{i}", "branch_commit", i, "hard", 0.80 + d, 0.80)
+        for i, d in enumerate((0.01, 0.012, 0.011))
+    ] + [
+        _row(f"s{i}", "branch_commit", i, "soft", 0.80 - d, 0.80)
+        for i, d in enumerate((0.02, 0.021, 0.019))
+    ]
+    df = frame(rows)
+    out = paired_lifts(df, "mixture.routing").set_index("mixture.routing")
+    hard = paired_lift(df[df["mixture.routing"] == "hard"])
+    assert out.loc["hard", "mean_diff"] == pytest.approx(hard["mean_diff"])
+    assert out.loc["hard", "ci_low"] > 0 and out.loc["soft", "ci_high"] < 0
+    assert out.loc["soft", "n"] == 3
+    pooled = paired_lifts(df)  # the old behaviour: one test over both routings
+    assert pooled.iloc[0]["n"] == 6 and pooled.iloc[0]["ci_low"] < 0 < pooled.iloc[0]["ci_high"]
+    one = paired_lifts(df.iloc[:4], "mixture.routing").set_index("mixture.routing")
+    assert one.loc["soft", "n"] == 1 and pd.isna(one.loc["soft", "mean_diff"])
