@@ -16,6 +16,11 @@ split ``s`` in ``val`` and ``test``:
   one minus it), on every image (dense, as soft routing uses them).
 
 All with the mixture's test-time views, exactly as `train_gates` and `evaluate` saw them.
+
+The few lines of mixture arithmetic here (embedding a specialist, a gated branch, hard or
+soft routing) repeat :mod:`hmoe.mixture`'s, which imports Keras through its gates: the
+findings and the Ray engine's driver read these files without loading TensorFlow.
+tests/unit/test_frontier.py checks that the two agree.
 """
 
 from __future__ import annotations
@@ -26,28 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hmoe.mixture import Mixture, Outputs, combine, embed, route_weights
-
 SPLITS = ("val", "test")
-
-
-class KeepingMixture(Mixture):
-    """The mixture, keeping the last dense outputs and network probabilities it computed.
-
-    The sweep hands this to the evaluate step, so the test split's outputs are saved
-    from the very arrays evaluate scored, without running the networks a second time.
-    """
-
-    kept_outputs: Outputs | None = None
-    kept_network: np.ndarray | None = None
-
-    def outputs(self, x: np.ndarray) -> Outputs:
-        self.kept_outputs = super().outputs(x)
-        return self.kept_outputs
-
-    def predict_network(self, model, x: np.ndarray) -> np.ndarray:
-        self.kept_network = super().predict_network(model, x)
-        return self.kept_network
 
 
 @dataclass(frozen=True)
@@ -68,14 +52,39 @@ class SplitEvidence:
 
     def mixture(self, routing: str) -> np.ndarray:
         """The mixture's distribution under ``routing`` (hard or soft)."""
-        route = route_weights(self.router, routing)
-        return combine(route, self.gate_weights(), self.base, self.specialists)
+        route = routes(self.router, routing)
+        return sum(
+            route[:, g : g + 1] * branch(w, self.base, spec)
+            for g, (w, spec) in enumerate(zip(self.gate_weights(), self.specialists, strict=True))
+        )
+
+
+def routes(router: np.ndarray, routing: str) -> np.ndarray:
+    """(N, G) branch weights: the routing distribution (soft) or its top group (hard)."""
+    if routing == "soft":
+        return router.astype(np.float32)
+    if routing != "hard":
+        raise ValueError(f"routing must be hard or soft, got {routing!r}")
+    return np.eye(router.shape[1], dtype=np.float32)[np.argmax(router, axis=1)]
+
+
+def branch(gate_w: np.ndarray, base: np.ndarray, spec: np.ndarray) -> np.ndarray:
+    """A gated branch: w0 x base + w1 x specialist, row-wise."""
+    return gate_w[:, :1] * base + gate_w[:, 1:2] * spec
+
+
+def embed(spec: np.ndarray, class_ids: Sequence[int], n_classes: int) -> np.ndarray:
+    """A specialist's (N, k) distribution placed into (N, n_classes), zeros elsewhere."""
+    out = np.zeros((len(spec), n_classes), dtype=np.float32)
+    out[:, list(class_ids)] = spec
+    return out
 
 
 def split_evidence(
-    out: Outputs, gate_weights: Sequence[np.ndarray], y: np.ndarray, second: np.ndarray | None
+    out, gate_weights: Sequence[np.ndarray], y: np.ndarray, second: np.ndarray | None
 ) -> SplitEvidence:
-    """One split's evidence from a mixture's dense outputs and its gates' weights."""
+    """One split's evidence from a mixture's dense outputs (:class:`hmoe.mixture.Outputs`)
+    and its gates' weights."""
     return SplitEvidence(
         y=np.asarray(y),
         base=out.base,
@@ -168,7 +177,7 @@ class Evaluated:
 
 
 def evidence_of(
-    mixed: KeepingMixture,
+    mixed,
     evaluation,
     gates,
     val: tuple[np.ndarray, np.ndarray],
@@ -176,8 +185,9 @@ def evidence_of(
     y_test: np.ndarray,
 ) -> Evaluated:
     """Val and test evidence of an evaluated mixture: test from what evaluate scored
-    (kept by ``mixed``), val from the gates step's frozen outputs, with the trained gates'
-    weights and the second base run there (the only networks run again: a few seconds).
+    (kept by ``mixed``, a mixture that keeps its outputs: ``hmoe.sweep``), val from the
+    gates step's frozen outputs, with the trained gates' weights and the second base run
+    there (the only networks run again: a few seconds).
     """
     second_test = mixed.kept_network if second_model is not None else None
     test = split_evidence(mixed.kept_outputs, evaluation.gate_weights, y_test, second_test)

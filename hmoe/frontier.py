@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from hmoe.evidence import SplitEvidence
-from hmoe.mixture import branch_probs
+from hmoe.evidence import SplitEvidence, branch
 
 CASCADES = ("mixture", "ensemble")
 # The candidate escalated fractions on val: fine steps, so that a budget is used closely.
@@ -64,7 +63,7 @@ def second_opinion(ev: SplitEvidence, cascade: str) -> np.ndarray:
     out = np.empty_like(ev.base)
     for g, (spec, w) in enumerate(zip(ev.specialists, ev.gate_weights(), strict=True)):
         rows = route == g
-        out[rows] = branch_probs(w[rows], ev.base[rows], spec[rows])
+        out[rows] = branch(w[rows], ev.base[rows], spec[rows])
     return out
 
 

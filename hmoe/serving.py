@@ -93,8 +93,7 @@ class MixturePyfunc(mlflow.pyfunc.PythonModel):
             files,
             routing=cfg["routing"],
             tta=cfg.get("tta", 0),
-            # "gate_inputs": the key of mixtures logged before hmoe 0.2
-            gate_input=GateInput(cfg.get("gate_input", cfg.get("gate_inputs", "probs"))),
+            gate_input=GateInput(cfg["gate_input"]),
             router_fusion=cfg.get("router_fusion", "none"),
         )
 

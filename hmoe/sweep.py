@@ -57,7 +57,7 @@ import yaml
 from hmoe import paths
 from hmoe.findings import write_findings
 from hmoe.params import Params, ParamsError, parse_params
-from hmoe.profile import merged
+from hmoe.profile import dotted, merged
 
 logger = logging.getLogger("hmoe.sweep")
 
@@ -298,6 +298,30 @@ class SweepHooks:
         return summary
 
 
+@functools.cache
+def _keeping_mixture_class() -> type:
+    """The Mixture that keeps the last dense outputs and network probabilities it
+    computed, built on first use (:mod:`hmoe.mixture` loads Keras): the evaluate step
+    gets one, so the test split's evidence is saved from the very arrays evaluate
+    scored, without running the networks a second time.
+    """
+    from hmoe.mixture import Mixture
+
+    class KeepingMixture(Mixture):
+        kept_outputs = None
+        kept_network = None
+
+        def outputs(self, x):
+            self.kept_outputs = super().outputs(x)
+            return self.kept_outputs
+
+        def predict_network(self, model, x):
+            self.kept_network = super().predict_network(model, x)
+            return self.kept_network
+
+    return KeepingMixture
+
+
 @dataclass
 class Runner:
     """The steps for one configuration x seed, with every network reused by its key."""
@@ -404,7 +428,7 @@ def stage_steps(
     """For each dvc.yaml stage, the step its stage module calls, on the results of the
     stages before it (by stage name). The data are prepared once for every configuration.
     """
-    from hmoe.evidence import Evaluated, KeepingMixture, evidence_of
+    from hmoe.evidence import Evaluated, evidence_of
     from hmoe.gates import GateInput
     from hmoe.steps import experts
     from hmoe.steps.evaluate import evaluate
@@ -413,9 +437,9 @@ def stage_steps(
 
     train, val = splits["train"], splits["val"]
 
-    def mixture(done: Mapping[str, Any], gates: Sequence = ()) -> KeepingMixture:
+    def mixture(done: Mapping[str, Any], gates: Sequence = ()) -> Any:
         groups = done["groups"][0]
-        return KeepingMixture(
+        return _keeping_mixture_class()(
             router=done["train_router"].model,
             base=done["train_base"].model,
             specialists={g: t.model for g, t in done["train_specialists"].items()},
@@ -702,7 +726,7 @@ def run_pair(
 
     p, t0 = pair.params, time.perf_counter()
     runtime.setup(p)  # this configuration's precision and compilation
-    flat = _flat(pair.overrides) | {"seed": p.seed}
+    flat = dotted(pair.overrides) | {"seed": p.seed}
     with runner.log.parent(pair.config, p.seed, flat, tags):
         row = {"config": pair.config, "seed": p.seed, **runner.run(p), **provenance}
         row["wall_s"] = time.perf_counter() - t0
@@ -760,12 +784,6 @@ def _commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.stdout.strip()
-
-
-def _flat(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    from hmoe.profile import dotted
-
-    return dotted(nested, prefix)
 
 
 def _is_number(v: Any) -> bool:

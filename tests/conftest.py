@@ -54,6 +54,19 @@ def _group(item: pytest.Item) -> str:
     return GROUPS.get(item.path.stem, item.path.stem)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The whole session in a network namespace with only loopback (issue 35), made by
+    the controller before xdist starts its workers, which inherit it: a server that a
+    test starts cannot listen beyond the machine, whatever address it binds. Where it
+    cannot be made (not root), the reason is left for the tiers that start servers.
+    """
+    from tests.support import netns
+
+    if hasattr(config, "workerinput") or os.environ.get(netns.REASON) is not None:
+        return  # a worker (already inside), or a nested pytest that inherited it
+    os.environ[netns.REASON] = netns.enter() or "inside"
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist turns the groups into node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:

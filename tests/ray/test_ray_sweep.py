@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from hmoe.teamstack import stop_tree
-from tests.support import raycluster
+from tests.support import netns, raycluster
 from tests.support.shared import (
     EXPERIMENT,
     ONE_THREAD,
@@ -30,7 +30,7 @@ from tests.support.shared import (
     SWEEP_FILE,
     clone,
 )
-from tests.support.tiers import has_module, need
+from tests.support.tiers import has_module, need, need_loopback_only
 from tests.support.tinyrepo import base_env, run
 
 pytestmark = pytest.mark.ray
@@ -41,6 +41,7 @@ PAIRS = [("default", 42), ("default", 43), ("finetuned_hard", 42), ("finetuned_h
 @pytest.fixture(scope="module")
 def repo(tiny_project, tmp_path_factory):
     need(has_module("ray"), f"the ray tier needs the ray extra: {RAY_INSTALL}")
+    need_loopback_only()
     root = tmp_path_factory.mktemp("ray")
     env = base_env(root / "repo") | ONE_THREAD
     repo = clone(tiny_project, root / "repo", env)
@@ -198,6 +199,13 @@ def test_nothing_leaves_this_machine_and_the_driver_loads_no_tensorflow(ray_swee
     }
     procs = cluster.processes()
     assert len(procs) >= 8  # two raylets, the GCS, agents...
+    # Ray's servers bind every interface: that is safe only where every interface is
+    # loopback. Each listening socket of the cluster is in this session's namespace,
+    # whose only interface is lo, and not in the machine's own.
+    assert netns.interfaces() == ["lo"] and netns.namespace() != os.environ[netns.OUTER]
+    sockets = netns.listening([p.pid for p in procs])
+    assert len(sockets) >= 4, sockets
+    assert {ns for *_, ns in sockets} == {netns.namespace()}, sockets
     for proc in procs:
         try:
             conns = proc.net_connections(kind="inet")

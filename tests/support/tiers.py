@@ -36,3 +36,12 @@ def has_postgres() -> bool:
 
 def has_weed() -> bool:
     return bool(shutil.which("weed") or (Path(sys.executable).parent / "weed").is_file())
+
+
+def need_loopback_only() -> None:
+    """The tiers that start servers run where the only interface is loopback
+    (tests/support/netns.py): skip, or fail under HMOE_REQUIRE_ALL_TIERS=1, elsewhere."""
+    from tests.support import netns
+
+    ok, why = netns.loopback_only()
+    need(ok, f"this tier starts servers and runs only in a loopback-only network namespace: {why}")

@@ -22,11 +22,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from hmoe import teamstack
+from tests.support import netns
 from tests.support.shared import EXPERIMENT, clone
-from tests.support.tiers import JAX_INSTALL, has_module, has_postgres, has_weed, need
+from tests.support.tiers import (
+    JAX_INSTALL,
+    has_module,
+    has_postgres,
+    has_weed,
+    need,
+    need_loopback_only,
+)
 from tests.support.tinyrepo import base_env, run
 
 pytestmark = pytest.mark.team
@@ -39,8 +48,39 @@ MODELS = {"hmoe-base", "hmoe-router", "hmoe-mixture"}
 def services(tmp_path_factory):
     ready = has_module("psycopg") and has_module("boto3") and has_weed() and has_postgres()
     need(ready, f"the team tier needs the team extra and PostgreSQL: {TEAM_INSTALL}")
+    need_loopback_only()
     with teamstack.stack(tmp_path_factory.mktemp("stack")) as env:
         yield dict(env)
+
+
+def test_every_server_listens_on_loopback_in_a_loopback_only_namespace(services):
+    """PostgreSQL, the S3 server and `mlflow server`: each listening socket is on
+    127.0.0.1 or ::1, inside this session's namespace, whose only interface is lo."""
+    assert netns.interfaces() == ["lo"]
+    assert netns.namespace() != os.environ[netns.OUTER]  # not the machine's own
+    # mlflow server and weed are this process's children; pg_ctl daemonises PostgreSQL,
+    # whose postmaster is found by its data folder (hmoe.teamstack's `hmoe-pg-*`)
+    postmasters = [
+        p.pid
+        for p in psutil.process_iter()
+        if _quiet(lambda p=p: p.name() == "postgres" and "hmoe-pg-" in " ".join(p.cmdline()))
+    ]
+    sockets = netns.listening(netns.descendants() + postmasters)
+    ports = {port for _, _, port, _ in sockets}
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL"):
+        assert int(services[var].rsplit(":", 1)[1]) in ports, (var, sockets)
+    assert postmasters and any(name == "postgres" for name, *_ in sockets), sockets
+    for name, address, port, ns in sockets:
+        assert address in ("127.0.0.1", "::1"), (name, address, port)
+        assert ns == netns.namespace(), (name, port)
+
+
+def _quiet(check) -> bool:
+    """``check()``, False for a process that ended or hides itself meanwhile."""
+    try:
+        return bool(check())
+    except psutil.Error:
+        return False
 
 
 def _add_remote(repo: Path, services: dict, env: dict) -> None:

@@ -7,11 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hmoe.evidence import SplitEvidence, load_evidence, save_evidence
+from hmoe.evidence import SplitEvidence, embed, load_evidence, save_evidence
 from hmoe.findings import write_findings
 from hmoe.findings.cascades import budget_comparison, ece
 from hmoe.frontier import Costs, cascade_correct, choose_tau, frontier, second_opinion
-from hmoe.mixture import embed
 from hmoe.stats import t_interval
 
 IDS = {"artificial": [0, 1, 8, 9], "natural": [2, 3, 4, 5, 6, 7]}
@@ -125,3 +124,33 @@ def test_findings_gain_the_frontier_and_gates_sections_from_the_evidence(tmp_pat
     assert "## The cascades' frontier" in md and "2 seed(s) with saved probabilities" in md
     assert "## The gates, learned against fixed 1/2" in md
     assert (tmp_path / "findings.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_evidence_arithmetic_is_the_mixtures():
+    """hmoe.evidence repeats hmoe.mixture's few lines (that module loads Keras): the two
+    must give the same distributions."""
+    from hmoe import mixture
+
+    e = synthetic(200, 5)
+    for routing in ("hard", "soft"):
+        route = mixture.route_weights(e.router, routing)
+        expected = mixture.combine(route, e.gate_weights(), e.base, e.specialists)
+        np.testing.assert_allclose(e.mixture(routing), expected, atol=1e-6)
+    spec = e.specialists[1][:, IDS["natural"]]
+    np.testing.assert_array_equal(
+        embed(spec, IDS["natural"], 10), mixture.embed(spec, IDS["natural"], 10)
+    )
+
+
+def test_the_findings_and_the_sweeps_driver_load_no_keras():
+    """The Ray engine's driver and `python -m hmoe.findings` read these files without
+    starting TensorFlow (seconds of CPU, and a GPU's memory on a GPU host)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hmoe.sweep, hmoe.findings, hmoe.frontier, hmoe.evidence; "
+        "print(sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
