@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hmoe.data.storage import atomic_write
+
 SPLITS = ("val", "test")
 
 
@@ -115,11 +117,7 @@ def save_evidence(
         for g, spec, w in zip(names, ev.specialists, ev.gates, strict=True):
             arrays[f"{s}_specialist_{g}"] = _half(spec[:, list(class_ids[g])])
             arrays[f"{s}_gate_{g}"] = _half(w)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("wb") as f:
-        np.savez_compressed(f, groups=np.asarray(names), **arrays)
-    partial.replace(path)
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, groups=np.asarray(names), **arrays))
 
 
 def load_evidence(path: Path) -> dict[str, SplitEvidence]:

@@ -55,6 +55,7 @@ import pandas as pd
 import yaml
 
 from hmoe import paths
+from hmoe.data.storage import atomic_write
 from hmoe.findings import write_findings
 from hmoe.params import Params, ParamsError, parse_params
 from hmoe.profile import dotted, merged
@@ -749,7 +750,8 @@ def add_row(
     save_labels(out / "labels" / f"{name}-s{seed}.npz", evaluated.labels, y)
     evaluated.save(out / "evidence" / f"{name}-s{seed}.npz")
     rows.append(row)
-    pd.DataFrame(rows).to_csv(out / "findings.csv", index=False)
+    frame = pd.DataFrame(rows)  # replaced whole: a kill leaves the old file or the new one
+    atomic_write(out / "findings.csv", lambda tmp: frame.to_csv(tmp, index=False))
     logger.info(
         "%s seed %d: mixture %.4f, base %.4f (%.0f s)",
         name, seed, row["mixture_accuracy"], row["base_accuracy"], row["wall_s"],
@@ -768,9 +770,9 @@ def save_labels(path: Path, labels: Mapping[str, np.ndarray], y: np.ndarray) -> 
     """Every predictor's test labels and the truth, so any paired statistic can be
     recomputed later without retraining (a few kB per configuration x seed).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.asarray(v, dtype=np.int8) for k, v in labels.items()}
-    np.savez_compressed(path, y=np.asarray(y).astype(np.int8), **arrays)
+    arrays["y"] = np.asarray(y).astype(np.int8)
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 def _commit() -> str:

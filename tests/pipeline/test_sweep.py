@@ -5,7 +5,11 @@ through the pipeline's own steps, real MLflow, and the findings table checked
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -13,7 +17,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.support.shared import EXPERIMENT, SWEEP, SWEEP_CMD
+from tests.support.shared import EXPERIMENT, SWEEP, SWEEP_CMD, SWEEP_FILE, clone, sweep_parents
+from tests.support.tinyrepo import base_env
 from tests.support.tinyrepo import run as _run
 
 pytestmark = pytest.mark.pipeline
@@ -145,3 +150,47 @@ def test_a_misspelt_override_fails_before_training(sweep, tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "specialists.epochz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_sigkilled_sweep_reruns_to_every_row_once_with_the_same_numbers(
+    sweep, tiny_project, tmp_path_factory
+):
+    """SIGKILL while the second pair trains (the first row written): the rerun skips the
+    finished row, runs the rest, and ends with each row once and the uninterrupted
+    sweep's numbers; MLflow shows the dead parent KILLED and its rerun FINISHED.
+    """
+    reference = pd.read_csv(sweep[0] / "out/findings.csv").set_index(["config", "seed"])
+    root = tmp_path_factory.mktemp("killed-sweep")
+    env = base_env(root / "repo")
+    repo = clone(tiny_project, root / "repo", env)
+    (repo / SWEEP_FILE).write_text(yaml.safe_dump(SWEEP))
+    cmd = [*SWEEP_CMD[:-1], "1", "--out", "out", "--threads", "1"]  # one seed: two pairs
+    proc = subprocess.Popen(
+        cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    csv, deadline, running = repo / "out/findings.csv", time.monotonic() + 600, []
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            running = [r for r in sweep_parents(repo) if r.info.status == "RUNNING"]
+            if csv.is_file() and running:
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None and running, "the sweep ended before its second pair"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(pd.read_csv(csv)) == 1
+    log = _run(cmd, repo, env, timeout=900)
+    assert log.count("already in") == 1
+    frame = pd.read_csv(csv).set_index(["config", "seed"])
+    assert sorted(frame.index) == [("default", 42), ("finetuned_hard", 42)]
+    columns = [c for c in frame if c.endswith("accuracy")]
+    pd.testing.assert_frame_equal(frame[columns], reference.loc[frame.index, columns])
+    killed = running[0]
+    mine = [
+        r for r in sweep_parents(repo) if r.info.run_name == killed.info.run_name
+    ]  # the dead attempt and its rerun
+    assert sorted(r.info.status for r in mine) == ["FINISHED", "KILLED"]
+    rerun = next(r for r in mine if r.info.status == "FINISHED")
+    assert rerun.data.tags["resumes_runs"] == killed.info.run_id

@@ -29,6 +29,7 @@ from tests.support.shared import (
     SWEEP_CMD,
     SWEEP_FILE,
     clone,
+    sweep_parents,
 )
 from tests.support.tiers import has_module, need, need_loopback_only
 from tests.support.tinyrepo import base_env, run
@@ -97,27 +98,12 @@ def _client(path: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{path / 'mlflow.db'}")
 
 
-def _parents(path: Path) -> list:
-    """The sweep's parent runs. Under the store's lock: the driver may be creating the
-    SQLite schema, and a second migration at once fails (hmoe.tracking.store_lock).
-    """
-    from hmoe import tracking
-
-    with tracking.store_lock(f"sqlite:///{path / 'mlflow.db'}"):
-        client = _client(path)
-        exp = client.get_experiment_by_name(f"{EXPERIMENT}-sweep")
-        if exp is None:
-            return []
-        runs = client.search_runs([exp.experiment_id], "tags.sweep = 'true'")
-    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-
-
 def _kill_a_training_worker(path: Path, driver: subprocess.Popen, timeout: float = 900):
     """SIGKILL the worker of the first RUNNING parent run (its `pid` tag)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert driver.poll() is None, "the sweep ended before a worker could be killed"
-        running = [r for r in _parents(path) if r.info.status == "RUNNING"]
+        running = [r for r in sweep_parents(path) if r.info.status == "RUNNING"]
         if running:
             maps = psutil.Process(driver.pid).memory_maps()
             driver_tf = [m.path for m in maps if "tensorflow" in m.path.lower()]
@@ -167,7 +153,7 @@ def test_accuracies_and_saved_files_equal_the_in_process_run(
 def test_the_killed_run_is_marked_killed_and_its_retry_finished(ray_sweep, repo):
     _, killed, _, _ = ray_sweep
     path, _ = repo
-    parents = _parents(path)
+    parents = sweep_parents(path)
     mine = (killed.data.tags["sweep_config"], killed.data.tags["seed"])
     by_pair: dict[tuple[str, str], list] = {}
     for run_ in parents:

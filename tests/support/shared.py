@@ -142,3 +142,22 @@ def tiny_sweep(tiny_project, tmp_path_factory) -> TinyRun:
         return TinyRun(repo, env, log)
 
     return _once(tmp_path_factory, "sweep", build)
+
+
+def sweep_parents(repo: Path) -> list:
+    """The parent runs of a sweep in ``repo``'s SQLite store. Under the store's lock: the
+    sweep may be creating the schema, and a second migration at once fails
+    (hmoe.tracking.store_lock).
+    """
+    from mlflow.tracking import MlflowClient
+
+    from hmoe import tracking
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    with tracking.store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(f"{EXPERIMENT}-sweep")
+        if exp is None:
+            return []
+        runs = client.search_runs([exp.experiment_id], "tags.sweep = 'true'")
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -52,7 +52,7 @@ def test_evidence_round_trips_in_float16(tmp_path):
             np.testing.assert_allclose(a, b, atol=1e-3)  # embedded again, zeros elsewhere
         np.testing.assert_allclose(got.mixture("soft"), e.mixture("soft"), atol=2e-3)
         np.testing.assert_allclose(got.second_base, e.second_base, atol=1e-3)
-    assert not list(tmp_path.glob("*.partial"))
+    assert [f.name for f in tmp_path.iterdir()] == ["e.npz"]  # no temporary file left
 
 
 def test_a_cascade_at_its_ends_is_the_base_and_the_full_second_opinion():
