@@ -1,4 +1,4 @@
-"""How a sweep is cut into tasks (hmoe.sweep.reuse_groups) and the engine options the
+"""How a sweep is cut into tasks (hmoe.sweep_plan.reuse_groups) and the engine options the
 command line takes, without training or Ray: params and dvc.yaml only.
 """
 
@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from hmoe.sweep import load_spec, parse_args, pending_pairs, reuse_groups
+from hmoe.sweep import parse_args
+from hmoe.sweep_plan import load_spec, pending_pairs, reuse_groups
 
 
 def _spec(tmp_path: Path, configurations: dict, seeds: int = 2):
