@@ -176,7 +176,8 @@ def test_no_queue_worker_outlives_the_drained_queue_by_a_minute(repo, twins):
     """
     seen = QUEUE["workers"]
     assert seen, "no `dvc exp queue-worker` found while the queue ran"
-    time.sleep(max(0.0, QUEUE["drained"] + 60 - time.monotonic()))
+    while any(_alive(p) for p in seen) and time.monotonic() < QUEUE["drained"] + 60:
+        time.sleep(0.5)
     lingering = [p for p in seen if _alive(p)]
     for proc in lingering:
         stop_tree(proc.pid)

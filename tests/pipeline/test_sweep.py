@@ -172,9 +172,12 @@ def test_a_sigkilled_sweep_reruns_to_every_row_once_with_the_same_numbers(
     csv, deadline, running = repo / "out/findings.csv", time.monotonic() + 600, []
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            running = [r for r in sweep_parents(repo) if r.info.status == "RUNNING"]
-            if csv.is_file() and running:
-                break
+            # the row first, then the runs: a parent seen RUNNING before its row was
+            # written would be the first pair's
+            if csv.is_file():
+                running = [r for r in sweep_parents(repo) if r.info.status == "RUNNING"]
+                if running:
+                    break
             time.sleep(0.3)
         assert proc.poll() is None and running, "the sweep ended before its second pair"
     finally:
