@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from hmoe.evidence import SplitEvidence, load_evidence
+from hmoe.findings.tables import _row, header
 from hmoe.frontier import Costs, seed_frontiers
 from hmoe.stats import t_interval
 
@@ -100,7 +101,7 @@ def frontier_markdown(table: pd.DataFrame, config: str) -> str:
         "ensemble cascade: test % (MMACs, escalated)",
         "mixture - ensemble, points (95 % t-interval)",
     ]
-    lines = [_row(head), "|" + "---|" * len(head)]
+    lines = header(head)
     for _, r in cmp.iterrows():
         lines.append(
             _row(
@@ -175,7 +176,7 @@ def gates_markdown(table: pd.DataFrame) -> str:
         "ECE base",
         "ECE specialists",
     ]
-    lines = [_row(head), "|" + "---|" * len(head)]
+    lines = header(head)
     for _, r in table.iterrows():
         lines.append(
             _row(
@@ -249,7 +250,3 @@ def _interval(mean: float, lo: float, hi: float) -> str:
     if not np.isfinite(lo):
         return f"{100 * mean:+.2f} (n/a)"
     return f"{100 * mean:+.2f} ({100 * lo:+.2f} .. {100 * hi:+.2f})"
-
-
-def _row(cells) -> str:
-    return "| " + " | ".join(cells) + " |"

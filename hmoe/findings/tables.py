@@ -7,7 +7,7 @@ Every "±" in them is a standard deviation over seeds, and says so; every interv
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,7 @@ def _configuration_table(frame: pd.DataFrame, reference: str) -> str:
     costs = [k for k in COSTS if k in table]
     head += [f"mixture - {reference} (95 % t-CI, p)", "mixture - base", "mixture - two bases"]
     head += [COSTS[k] for k in costs]
-    lines = [_row(head), "|" + "---|" * len(head)]
+    lines = header(head)
     for _, r in table.iterrows():
         cells = [str(r["config"]), str(int(r["seeds"]))]
         cells += [_pm(r.get(f"{k}_mean"), r.get(f"{k}_std")) for k in shown]
@@ -180,6 +180,11 @@ def _diff(r: pd.Series, prefix: str) -> str:
 
 def _row(cells: Iterable[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def header(cells: Sequence[str]) -> list[str]:
+    """A markdown table's first two lines."""
+    return [_row(cells), "|" + "---|" * len(cells)]
 
 
 # -- the decisive comparisons ---------------------------------------------------------
@@ -255,7 +260,7 @@ def _decisive_markdown(frame: pd.DataFrame) -> str:
         "paired t-test p",
         "reading",
     ]
-    lines = [_row(head), "|" + "---|" * len(head)]
+    lines = header(head)
     for _, r in table.iterrows():
         interval = (
             f"{100 * r['ci_low']:+.2f} .. {100 * r['ci_high']:+.2f}"
@@ -294,7 +299,7 @@ def _mcnemar_markdown(frame: pd.DataFrame, labels: Labels) -> str:
         return ""
     present = [c for c in DECISIVE if c.name in set(table["comparison"])]
     head = ["configuration", "seed", *[f"{c.a_label} vs {c.b_label}" for c in present]]
-    lines = [_row(head), "|" + "---|" * len(head)]
+    lines = header(head)
     cells = table.set_index(["config", "seed", "comparison"])
     order = {c: i for i, c in enumerate(dict.fromkeys(frame["config"]))}
     keys = table[["config", "seed"]].drop_duplicates()
@@ -340,7 +345,7 @@ def _provenance_markdown(frame: pd.DataFrame) -> str:
         lines.append(f"- {label}: {_texts(frame[column]) if column in frame else 'not recorded'}")
     if "wall_s" in frame:
         head = ["seed", "configurations", "wall time (min)", "commit", "machine"]
-        lines += ["", _row(head), "|" + "---|" * len(head)]
+        lines += ["", *header(head)]
         for seed, group in frame.groupby("seed"):
             minutes = group["wall_s"].sum() / 60
             commit = _texts(group["commit"]) if "commit" in group else "not recorded"
