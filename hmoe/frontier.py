@@ -67,14 +67,33 @@ def second_opinion(ev: SplitEvidence, cascade: str) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Outcomes:
+    """Per image of one split: the base's top probability, whether the base is right,
+    and whether the cascade's second opinion is right (computed once, for every τ)."""
+
+    confidence: np.ndarray
+    base_right: np.ndarray
+    second_right: np.ndarray
+
+    @classmethod
+    def of(cls, ev: SplitEvidence, cascade: str) -> Outcomes:
+        return cls(
+            ev.base.max(axis=1),
+            np.argmax(ev.base, axis=1) == ev.y,
+            np.argmax(second_opinion(ev, cascade), axis=1) == ev.y,
+        )
+
+    def at(self, tau: float) -> tuple[np.ndarray, float]:
+        """(per-image correctness, fraction escalated) at threshold ``tau``: an image is
+        escalated when the base's top probability is below it."""
+        escalate = self.confidence < tau
+        return np.where(escalate, self.second_right, self.base_right), float(escalate.mean())
+
+
 def cascade_correct(ev: SplitEvidence, cascade: str, tau: float) -> tuple[np.ndarray, float]:
-    """(per-image correctness, fraction escalated) of a cascade at threshold ``tau``: an
-    image is escalated when the base's top probability is below ``tau``.
-    """
-    escalate = ev.base.max(axis=1) < tau
-    base_right = np.argmax(ev.base, axis=1) == ev.y
-    second_right = np.argmax(second_opinion(ev, cascade), axis=1) == ev.y
-    return np.where(escalate, second_right, base_right), float(escalate.mean())
+    """(per-image correctness, fraction escalated) of a cascade at threshold ``tau``."""
+    return Outcomes.of(ev, cascade).at(tau)
 
 
 def thresholds(confidence: np.ndarray) -> np.ndarray:
@@ -84,20 +103,16 @@ def thresholds(confidence: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], qs, [np.inf]])
 
 
-def choose_tau(val: SplitEvidence, cascade: str, max_fraction: float) -> float:
+def choose_tau(val: Outcomes, max_fraction: float) -> float:
     """The τ with the best val accuracy whose val escalated fraction is at most
     ``max_fraction`` (the cheaper one on a tie)."""
     best_tau, best_acc = 0.0, -1.0
-    base_right = np.argmax(val.base, axis=1) == val.y
-    second_right = np.argmax(second_opinion(val, cascade), axis=1) == val.y
-    confidence = val.base.max(axis=1)
-    for tau in thresholds(confidence):
-        escalate = confidence < tau
-        if escalate.mean() > max_fraction + 1e-12:
+    for tau in thresholds(val.confidence):
+        correct, fraction = val.at(tau)
+        if fraction > max_fraction + 1e-12:
             continue
-        acc = float(np.where(escalate, second_right, base_right).mean())
-        if acc > best_acc:
-            best_tau, best_acc = float(tau), acc
+        if correct.mean() > best_acc:
+            best_tau, best_acc = float(tau), float(correct.mean())
     return best_tau
 
 
@@ -113,13 +128,15 @@ def frontier(
     test accuracy and test MMACs per image; one row each.
     """
     rows = []
+    outcomes = {c: (Outcomes.of(val, c), Outcomes.of(test, c)) for c in CASCADES}
     for budget in grid:
         for cascade in CASCADES:
+            on_val, on_test = outcomes[cascade]
             extra = costs.extra[cascade]
             allowed = (budget - costs.base) / extra if extra > 0 else 1.0
-            tau = choose_tau(val, cascade, min(max(allowed, 0.0), 1.0))
-            _, val_fraction = cascade_correct(val, cascade, tau)
-            correct, fraction = cascade_correct(test, cascade, tau)
+            tau = choose_tau(on_val, min(max(allowed, 0.0), 1.0))
+            _, val_fraction = on_val.at(tau)
+            correct, fraction = on_test.at(tau)
             rows.append(
                 {
                     "budget_mmacs": float(budget),

@@ -6,6 +6,7 @@ and the text says how many seeds each figure rests on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping
@@ -231,10 +232,7 @@ def _specialist_ece(e: SplitEvidence) -> float:
 
 
 def _equal_gates(e: SplitEvidence) -> np.ndarray:
-    half = SplitEvidence(
-        e.y, e.base, e.specialists, e.router, e.router_net,
-        tuple(np.full_like(w, 0.5) for w in e.gates), e.second_base,
-    )  # fmt: skip
+    half = dataclasses.replace(e, gates=tuple(np.full_like(w, 0.5) for w in e.gates))
     return half.mixture("soft")
 
 

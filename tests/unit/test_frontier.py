@@ -10,7 +10,14 @@ import pytest
 from hmoe.evidence import SplitEvidence, embed, load_evidence, save_evidence
 from hmoe.findings import write_findings
 from hmoe.findings.cascades import budget_comparison, ece
-from hmoe.frontier import Costs, cascade_correct, choose_tau, frontier, second_opinion
+from hmoe.frontier import (
+    Costs,
+    Outcomes,
+    cascade_correct,
+    choose_tau,
+    frontier,
+    second_opinion,
+)
 from hmoe.stats import t_interval
 
 IDS = {"artificial": [0, 1, 8, 9], "natural": [2, 3, 4, 5, 6, 7]}
@@ -71,7 +78,7 @@ def test_a_cascade_at_its_ends_is_the_base_and_the_full_second_opinion():
 def test_tau_is_chosen_on_val_within_the_budget():
     val = synthetic(400, 3)
     for cap in (0.0, 0.1, 0.5, 1.0):
-        tau = choose_tau(val, "ensemble", cap)
+        tau = choose_tau(Outcomes.of(val, "ensemble"), cap)
         _, fraction = cascade_correct(val, "ensemble", tau)
         assert fraction <= cap + 1e-9
     table = frontier(val, synthetic(500, 4), COSTS, [325.0, 488.0, 651.0])
