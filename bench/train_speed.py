@@ -23,7 +23,7 @@ import numpy as np
 
 from hmoe.params import load_params
 from hmoe.recipe import build_network, fit_classifier
-from hmoe.runtime import machine, resolve_jit
+from hmoe.runtime import machine, setup
 
 
 class Timer(keras.callbacks.Callback):
@@ -52,12 +52,8 @@ def main() -> None:
     ap.add_argument("--precision", default="float32")
     args = ap.parse_args()
     p = load_params()
-    if keras.backend.backend() == "tensorflow" and not resolve_jit(p.train.jit_compile)[0]:
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(args.precision)
-    keras.utils.set_random_seed(0)
+    p = dataclasses.replace(p, seed=0, train=dataclasses.replace(p.train, precision=args.precision))
+    _, _, jit, _ = setup(p)  # as a stage runs: seeds, determinism, precision
     cfg = dataclasses.replace(p.base, epochs=args.epochs)
     arch = p.net if args.width is None else dataclasses.replace(p.net, width=args.width)
     rng = np.random.default_rng(0)
@@ -65,7 +61,6 @@ def main() -> None:
     y = rng.integers(0, 10, args.images)
     model = build_network(10, arch, cfg, seed=0, name="base", whitening_images=x)
     timer = Timer(args.images)
-    jit = resolve_jit(p.train.jit_compile)[0]
     fit_classifier(model, (x, y), (x[:512], y[:512]), cfg, callbacks=[timer], jit_compile=jit,
                    verbose=0)  # fmt: skip
     wall, per_cpu = np.mean(timer.rows[1:], axis=0)

@@ -7,6 +7,20 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix, recall_score
 
+# What users compare (`dvc exp show`, the report), in this order: the only keys of
+# reports/metrics.json, so that `dvc exp show --only-changed` stays narrow. The rest
+# (controls, paired statistics, costs, gate weights) goes to reports/eval/details.json
+# and MLflow.
+HEADLINE = (
+    "mixture_accuracy",
+    "base_accuracy",
+    "hard_accuracy",
+    "soft_accuracy",
+    "router_accuracy",
+    "oracle_accuracy",
+    "two_bases_control_accuracy",
+)
+
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     if len(y) == 0:

@@ -21,6 +21,7 @@ from hmoe.params import FUSIONS, ROUTINGS
 
 logger = logging.getLogger(__name__)
 PROBS = GateInput("probs")  # the gates' default input: both experts' probabilities
+PREDICT_BATCH = 512  # images per predict call: larger batches gain nothing on a CPU
 
 
 def tta_views(x: np.ndarray, level: int) -> list[tuple[float, np.ndarray]]:
@@ -149,11 +150,10 @@ class Mixture:
         specialists: Mapping[str, object],
         gates: Mapping[str, object],
         groups: Groups,
-        routing: str = "hard",
+        routing: str,
+        router_fusion: str,
         tta: int = 0,
-        batch_size: int = 512,
         gate_input: GateInput = PROBS,
-        router_fusion: str = "none",
     ) -> None:
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
@@ -168,7 +168,6 @@ class Mixture:
         self.specialists = [specialists[g] for g in groups.names]
         # Gates may be absent while they are being trained (outputs() needs none).
         self.gates = [gates[g] for g in groups.names] if gates else []
-        self.batch_size = batch_size
         self.tta = tta
         self.n_classes = len(groups.classes)
         self.gate_input = gate_input
@@ -230,14 +229,14 @@ class Mixture:
         return self._views_mean(model, x)[0]
 
     def _forward(self, model, x: np.ndarray):
-        """``model`` on ``x`` in batches of ``batch_size``. Keras's ``predict`` spends about
+        """``model`` on ``x`` in batches of ``PREDICT_BATCH``. Keras's ``predict`` spends about
         60 ms a call setting up (data adapter, callbacks), more than a small request takes
         to run; up to one batch goes to ``predict_on_batch``, the same compiled function on
         the same single batch, so the numbers are the same to the bit.
         """
-        if len(x) <= self.batch_size:
+        if len(x) <= PREDICT_BATCH:
             return model.predict_on_batch(x)
-        return model.predict(x, batch_size=self.batch_size, verbose=0)
+        return model.predict(x, batch_size=PREDICT_BATCH, verbose=0)
 
     def _views_mean(self, model, x: np.ndarray) -> list[np.ndarray]:
         """Each of ``model``'s outputs, weighted-averaged over the TTA views of images."""
@@ -266,10 +265,10 @@ class Mixture:
             for g, gate in enumerate(self.gates)
         ]
 
-    def predict_dense(self, x: np.ndarray, routing: str | None = None) -> np.ndarray:
+    def predict_dense(self, x: np.ndarray) -> np.ndarray:
         """Mixture probabilities with every network on every image."""
         out = self.outputs(x)
-        route = route_weights(out.router, routing or self.routing)
+        route = route_weights(out.router, self.routing)
         return combine(route, self.gate_weights(out), out.base, out.specs)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
@@ -358,11 +357,11 @@ def load_mixture(
     groups: Groups,
     files: Mapping[str, Path],
     *,
-    routing: str = "hard",
+    routing: str,
+    router_fusion: str,
     tta: int = 0,
     gate_input: GateInput = PROBS,
     gates: bool = True,
-    router_fusion: str = "none",
 ) -> Mixture:
     """The assembled mixture from its files (registered name -> path, as
     :func:`hmoe.modelset.model_files` gives them or a logged pyfunc's artifacts).

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -57,8 +56,9 @@ TIMED_IMAGES = 1000  # enough for a stable rate; the full test split would doubl
 class StageRun:
     """The stage's MLflow child run, as the stage sees it."""
 
-    def __init__(self, parent: str, register: bool) -> None:
+    def __init__(self, parent: str, register: bool, stage: str = "") -> None:
         self.parent = parent  # the pipeline's parent run id
+        self.stage = stage  # the run's name: the stage, or `stage@group` for a network
         self.register = register  # `mlflow.register`
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -76,7 +76,14 @@ class StageRun:
     ) -> None:
         """Log and register a saved network, tied to its DVC output (when registering)."""
         if self.register:
+            self.drop_superseded(name)
             registry.log_keras_model(model, name, example, output_tags(path))
+
+    def drop_superseded(self, name: str) -> None:
+        """Versions of ``name`` that this run replaces: a killed run's, or an earlier
+        attempt's of this stage in this pipeline run (DVC kept none of their outputs).
+        """
+        registry.drop_superseded(name, self.parent, self.stage)
 
     def wall_times(self) -> dict[str, float]:
         """Wall seconds of every stage of this pipeline run finished so far."""
@@ -96,8 +103,9 @@ def stage(name: str, params: Params, splits: Mapping[str, SplitFile] = ()) -> It
             name, params.mlflow.experiment, logged, edge.data_digest(), paths.repo_root()
         ) as (_, parent),
     ):
-        keras = sys.modules.get("keras")  # not loaded: the stage ran no network
-        if keras is not None:
+        if "train.precision" in logged:  # a stage that runs networks: how it ran them
+            import keras
+
             tracking.log_runtime(
                 keras.backend.backend(),
                 keras.mixed_precision.global_policy().name,
@@ -105,7 +113,46 @@ def stage(name: str, params: Params, splits: Mapping[str, SplitFile] = ()) -> It
             )
         for context, split in dict(splits).items():
             tracking.log_dataset(context, split.x, split.y, split.path, file_md5(split.path))
-        yield StageRun(parent, params.mlflow.register)
+        yield StageRun(parent, params.mlflow.register, name)
+
+
+@contextlib.contextmanager
+def pipeline(
+    experiment: str, name: str, key: str, params: Params, tags: Mapping[str, str]
+) -> Iterator[PipelineRun]:
+    """A pipeline execution held in one process (a sweep's configuration x seed): its
+    parent run, with the stage runs opened inside it (:func:`stage`, :func:`watch`)
+    under it, recorded exactly as a `dvc exp run` is, plus ``tags``. An earlier parent
+    of the same ``key`` still RUNNING was killed outright and is marked KILLED. The
+    parent ends with every effective param, flattened, and the metrics put on the
+    yielded :class:`PipelineRun`.
+    """
+    exp_id = tracking.setup(experiment, paths.repo_root())
+    tagged = tracking.Pipeline("", key, tags)
+    with tracking.under(tagged):
+        stale = tracking.mark_killed(tracking.running_pipelines(exp_id, key), name)
+        extra = {"resumes_runs": ",".join(stale)} if stale else {}
+        run_id = tracking.create_parent(exp_id, name, extra)
+    record = PipelineRun(run_id)
+    with tracking.under(tracking.Pipeline(run_id, key, tags)):
+        try:
+            yield record
+        except KeyboardInterrupt:
+            tracking.end_run(run_id, "KILLED")
+            raise
+        except BaseException:
+            tracking.end_run(run_id, "FAILED")
+            raise
+    tracking.finish_parent(run_id, record.metrics, (), record.tags, flatten(params))
+
+
+class PipelineRun:
+    """What a pipeline's parent run ends with: its summary metrics and tags."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.metrics: dict[str, float] = {}
+        self.tags: dict[str, str] = {}
 
 
 @contextlib.contextmanager
@@ -159,9 +206,10 @@ class Watched:
         # timings go to MLflow only: a DVC metric would differ between identical models
         self._run.log_metrics({"fit_s": fit_s, "train_images_per_s": images / fit_s})
         self._run.log_metrics({f"final_{k}": float(v) for k, v in summary.items()})
-        out = self.hooks.outputs[job.name]
-        example = self.hooks.splits["val"].x[:4]
-        self._run.register_network(model, out.registered_name, example, out.model_path)
+        out = self.hooks.outputs.get(job.name)  # none: a sweep's network, in memory only
+        if out is not None:
+            example = self.hooks.splits["val"].x[:4]
+            self._run.register_network(model, out.registered_name, example, out.model_path)
         return summary
 
 
@@ -214,6 +262,7 @@ def evaluated(
     tracking.log_dict({"classes": classes, "matrix": matrix.tolist()}, "confusion.json")
     tracking.log_artifacts([paths.PER_CLASS])
     if params.mlflow.register:
+        run.drop_superseded(modelset.MIXTURE)
         version = register_mixture(mix.groups, params, x[:2])
         val = json.loads((paths.stage_reports("train_gates") / "metrics.json").read_text())
         val_accuracy = float(val["val_accuracy"])

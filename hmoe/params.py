@@ -117,7 +117,7 @@ class ControlsParams:
 class MixtureParams:
     routing: str
     tta: int  # test-time views: 0 none, 1 + mirror, 2 + mirror and 1-pixel shifts
-    router_fusion: str  # none, or product / mean with the base's group marginal
+    router_fusion: str  # none, or product with the base's group marginal
 
 
 @dataclass(frozen=True)

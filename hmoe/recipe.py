@@ -65,7 +65,7 @@ BN_RECALIBRATION_BATCHES = 4  # forward batches that re-estimate BatchNorm for t
 # -- the network --------------------------------------------------------------------
 
 
-def _conv(x, filters: int, name: str, cfg: NetArch, seed: int | None):
+def _conv(x, filters: int, name: str, seed: int | None):
     return layers.Conv2D(
         filters, 3, padding="same", use_bias=False, kernel_initializer=PartialDirac(seed), name=name
     )(x)
@@ -86,10 +86,10 @@ def _norm_act(x, name: str, cfg: NetArch):
 
 
 def _group(x, filters: int, name: str, cfg: NetArch, seed: int | None):
-    x = _conv(x, filters, f"{name}_conv1", cfg, seed)
+    x = _conv(x, filters, f"{name}_conv1", seed)
     x = layers.MaxPooling2D(name=f"{name}_pool")(x)
     x = _norm_act(x, f"{name}_1", cfg)
-    x = _conv(x, filters, f"{name}_conv2", cfg, seed)
+    x = _conv(x, filters, f"{name}_conv2", seed)
     return _norm_act(x, f"{name}_2", cfg)
 
 

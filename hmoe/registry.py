@@ -139,6 +139,44 @@ def requirements() -> list[str]:
     return pins
 
 
+def drop_superseded(name: str, parent: str, stage: str) -> list[str]:
+    """Delete the versions of ``name`` that the active run's registration replaces:
+
+    - a KILLED run's: a stage killed after it registered (or while it did) never
+      finished, so DVC recorded none of its outputs, and its rerun registers again;
+    - another run's of the same ``stage`` under the same pipeline ``parent``: an earlier
+      attempt that finished this network but whose stage was killed later (the first
+      specialist of `train_specialists`, say), which the rerun trains again.
+
+    Without this a kill leaves versions that no finished stage produced (half-tagged,
+    perhaps `@champion`) beside the rerun's. Runs are marked KILLED when the rerun
+    starts (:func:`hmoe.tracking.mark_killed_attempts`), before it registers.
+    """
+    client = MlflowClient()
+    active = mlflow.active_run()
+    current = active.info.run_id if active is not None else ""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    dropped = []
+    for v in versions:
+        if not v.run_id or v.run_id == current:
+            continue
+        try:
+            run = client.get_run(v.run_id)
+        except MlflowException:  # its run was deleted: not ours to judge
+            continue
+        tags = run.data.tags
+        same = tags.get("mlflow.parentRunId") == parent and tags.get("hmoe_stage") == stage
+        if run.info.status == "KILLED" or same:
+            client.delete_model_version(name, v.version)
+            dropped.append(str(v.version))
+    if dropped:
+        logger.warning("%s: deleted version(s) %s of killed attempts", name, ", ".join(dropped))
+    return dropped
+
+
 def tag_version(name: str, version: str, tags: Mapping[str, str]) -> None:
     """Tag a registered version, e.g. with the DVC output it was saved as (path, md5)."""
     client = MlflowClient()

@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 from matplotlib.ticker import MaxNLocator
 
-from hmoe import paths
+from hmoe import gitrev, paths
 from hmoe.data.storage import atomic_write
 from hmoe.metrics import confusion, per_class_accuracy
 from hmoe.params import Params, ParamsError, flatten, parse_params
@@ -420,7 +420,7 @@ def provenance(params: Params, parent: str, walls: Mapping[str, float]) -> dict[
 
     data = json.loads(paths.DATA_REPORT.read_text())
     run = os.environ.get("DVC_EXP_NAME")
-    commit = git_commit()[:10]
+    commit = gitrev.commit()[:10]
     changed = changed_params(params)
     compiled = runtime.resolve_jit(params.train.jit_compile)[0]
     policy = keras.mixed_precision.global_policy().name
@@ -437,17 +437,6 @@ def provenance(params: Params, parent: str, walls: Mapping[str, float]) -> dict[
         "backend, precision, compiled": f"{keras.backend.backend()}, {policy}, {compiled}",
         "stage wall times (s)": ", ".join(f"{k} {v:.0f}" for k, v in walls.items()) or "n/a",
     }
-
-
-def git_commit() -> str:
-    """The commit checked out, or "unknown" outside a git repository."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 def changed_params(params: Params) -> dict[str, Any]:

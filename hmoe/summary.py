@@ -17,18 +17,10 @@ from typing import Any
 
 import pandas as pd
 
+from hmoe.metrics import HEADLINE  # reports/metrics.json's keys: what exp_show() returns
+
 logger = logging.getLogger(__name__)
 
-# reports/metrics.json's keys (the headline): DVC's metrics, so what exp_show() returns
-DEFAULT_METRICS = (
-    "mixture_accuracy",
-    "base_accuracy",
-    "hard_accuracy",
-    "soft_accuracy",
-    "router_accuracy",
-    "oracle_accuracy",
-    "two_bases_control_accuracy",
-)
 EXPERIMENT_TYPES = ("branch_base", "branch_commit")
 
 
@@ -97,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--by", help="group by a parameter, e.g. mixture.routing")
-    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
+    parser.add_argument("--metrics", nargs="+", default=list(HEADLINE))
     args = parser.parse_args(argv)
     df = frame(dvc.api.exp_show())
     if df.empty:

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hmoe import paths
+from hmoe import gitrev, paths
 from hmoe.data.storage import atomic_write
 from hmoe.findings import write_findings
 from hmoe.params import ParamsError
@@ -59,14 +59,13 @@ from hmoe.sweep_plan import (
     Pair,
     SweepError,
     SweepSpec,
-    experiment_name,
     finished_rows,
     load_spec,
     pending_pairs,
     reuse_groups,
     shared_params,
 )
-from hmoe.sweep_runner import Log, Runner, prepare_data, run_pair, set_threads, sweep_id
+from hmoe.sweep_runner import Record, Runner, prepare_data, run_pair, set_threads, sweep_id
 
 logger = logging.getLogger("hmoe.sweep")
 
@@ -84,11 +83,11 @@ def run_sweep(
     policy, why, jit, jit_why = runtime.setup(first)
     logger.info("precision %s (%s), compiled %s (%s)", policy, why, jit, jit_why)
     start = time.perf_counter()
-    log = Log(experiment_name(first), track, sweep_id(out))
-    runner = Runner(prepare_data(spec.raw), log)
+    record = Record(first.mlflow.experiment, track, sweep_id(out))
+    runner = Runner(prepare_data(spec.raw), record)
     logger.info("data prepared in %.1f s", time.perf_counter() - start)
     rows = done.to_dict("records")
-    provenance = {"commit": _commit(), "machine": runtime.machine()}
+    provenance = {"commit": gitrev.commit(short=True), "machine": runtime.machine()}
     for pair in pairs:
         row = run_pair(runner, pair, provenance)
         add_row(rows, row, runner.evaluated, out, runner.splits["test"][1])
@@ -128,8 +127,8 @@ def run_group(
     if setup.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = setup.tracking_uri
     runtime.setup(pairs[0].params)
-    log = Log(setup.experiment, setup.tracking_uri is not None, setup.sweep_id)
-    runner = Runner(dict(splits), log)
+    record = Record(setup.experiment, setup.tracking_uri is not None, setup.sweep_id)
+    runner = Runner(dict(splits), record)
     provenance = {"commit": setup.commit, "machine": runtime.machine()}
     tags = {k: str(v) for k, v in where.items()}
     results = []
@@ -155,8 +154,10 @@ def run_sweep_ray(spec: SweepSpec, out: Path, options: Any, *, track: bool = Tru
     rows, start = done.to_dict("records"), time.perf_counter()
     if groups:
         logger.info("%d reuse group(s): one Ray task each", len(groups))
-        uri = _tracking_uri(experiment_name(first), track, remote=bool(options.address))
-        setup = TaskSetup(options.cpus, uri, experiment_name(first), sweep_id(out), _commit())
+        uri = _tracking_uri(first.mlflow.experiment, track, remote=bool(options.address))
+        setup = TaskSetup(
+            options.cpus, uri, first.mlflow.experiment, sweep_id(out), gitrev.commit(short=True)
+        )
         splits = prepare_data(spec.raw)
         task = functools.partial(run_group, setup=setup)
         failed = []
@@ -236,19 +237,6 @@ def save_labels(path: Path, labels: Mapping[str, np.ndarray], y: np.ndarray) -> 
     arrays = {k: np.asarray(v, dtype=np.int8) for k, v in labels.items()}
     arrays["y"] = np.asarray(y).astype(np.int8)
     atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
-
-
-def _commit() -> str:
-    """The commit the sweep's code is at (``unknown`` outside a git checkout)."""
-    import subprocess
-
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip()
 
 
 RAY_ONLY = ("address", "gpus_per_task", "cpus_per_task", "memory_per_task", "max_retries")

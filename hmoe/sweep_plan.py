@@ -97,10 +97,6 @@ def shared_params(spec: SweepSpec) -> Params:
     return params_for(spec.raw, {}, 0)
 
 
-def experiment_name(p: Params) -> str:
-    return f"{p.mlflow.experiment}-sweep"
-
-
 def finished_rows(out: Path) -> pd.DataFrame:
     """The rows already in ``out``/findings.csv (none for a new folder)."""
     out.mkdir(parents=True, exist_ok=True)

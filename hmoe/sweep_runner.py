@@ -21,9 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hmoe import paths
 from hmoe.params import Params, parse_params
-from hmoe.profile import dotted
 from hmoe.sweep_plan import Pair, SweepError, stage_keys
 
 logger = logging.getLogger("hmoe.sweep")
@@ -31,90 +29,80 @@ logger = logging.getLogger("hmoe.sweep")
 STEPS = ("base", "second_base", "groups", "specialists", "router", "gates", "evaluate")
 
 
-class Log:
-    """MLflow when importable (parent per configuration x seed, child per step), else
-    nothing: the device machines have no MLflow, and the sweep must still run there.
+class Record:
+    """MLflow when importable, else nothing: the device machines have no MLflow, and
+    the sweep must still run there.
 
-    ``sweep_id`` names the sweep (its host and output folder, :func:`sweep_id`): a
-    parent of the same sweep, configuration and seed still RUNNING when the pair starts
-    again belongs to a process that was killed outright (SIGKILL, a lost node; a Ray
-    retry), and is marked KILLED.
+    A configuration x seed is recorded as a `dvc exp run` is (:func:`hmoe.observer.pipeline`):
+    a parent with every effective param, a child per stage with the stage's name, tags,
+    params and metrics, plus the sweep's tags (its id, configuration, seed, and on each
+    stage whether its networks were reused). ``sweep_id`` names the sweep (its host and
+    output folder, :func:`sweep_id`): a parent of the same sweep, configuration and seed
+    still RUNNING when the pair starts again belongs to a process killed outright
+    (SIGKILL, a lost node, a Ray retry), and is marked KILLED.
     """
 
     def __init__(self, experiment: str, enabled: bool = True, sweep_id: str = "") -> None:
-        self.mlflow, self.experiment_id, self.sweep_id = None, "", sweep_id
+        self.experiment, self.sweep_id, self.observer = experiment, sweep_id, None
         if not enabled:
             return
         try:
-            import mlflow
+            from hmoe import observer  # imports MLflow
         except ImportError:
             logger.info("MLflow is not installed: the sweep is logged to its folder only")
             return
-        from hmoe import tracking
-
-        self.experiment_id = tracking.setup(experiment, paths.repo_root())
-        self.mlflow = mlflow
+        self.observer = observer
+        self._run: Any = None
 
     @contextlib.contextmanager
-    def parent(
-        self,
-        config: str,
-        seed: int,
-        params: Mapping[str, Any],
-        tags: Mapping[str, str] | None = None,
-    ) -> Iterator[None]:
-        if self.mlflow is None:
+    def pair(self, pair: Pair, tags: Mapping[str, str] | None = None) -> Iterator[None]:
+        """The pair's parent run around its stages."""
+        if self.observer is None:
             yield
             return
-        tags = {"sweep": "true", "sweep_config": config, "seed": str(seed), **(tags or {})}
-        if self.sweep_id:
-            tags["sweep_id"] = self.sweep_id
-            killed = self._mark_killed(config, seed)
-            if killed:
-                tags["resumes_runs"] = ",".join(killed)
-        with self.mlflow.start_run(run_name=f"{config}-s{seed}", tags=tags):
-            self.mlflow.log_params({k: v for k, v in params.items() if len(str(v)) < 500})
+        p = pair.params
+        self.tags = {"sweep": "true", "sweep_id": self.sweep_id, "sweep_config": pair.config}
+        self.tags |= {"seed": str(p.seed), "reused": "false", **(tags or {})}
+        key = f"sweep-{self.sweep_id}-{pair.config}-s{p.seed}"
+        name = f"{pair.config}-s{p.seed}"
+        with self.observer.pipeline(self.experiment, name, key, p, self.tags) as self._run:
             yield
 
-    def _mark_killed(self, config: str, seed: int) -> list[str]:
-        """This sweep's RUNNING parents of (config, seed): their process died unannounced."""
-        client = self.mlflow.tracking.MlflowClient()
-        found = client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.sweep_id = '{self.sweep_id}' and tags.sweep_config = "
-            f"'{config}' and tags.seed = '{seed}' and attributes.status = 'RUNNING'",
-        )
-        for run in found:
-            steps = client.search_runs(
-                [self.experiment_id],
-                filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}' "
-                "and attributes.status = 'RUNNING'",
-            )
-            for dead in [*steps, run]:  # the step it was in, then the pair
-                client.set_terminated(dead.info.run_id, "KILLED")
-            logger.warning(
-                "%s seed %d: run %s was killed; marked KILLED", config, seed, run.info.run_id
-            )
-        return [r.info.run_id for r in found]
+    def finish(self, metrics: Mapping[str, Any], best_control: str, reused: bool) -> None:
+        """What the pair's parent ends with (finite numbers: MLflow takes no NaN)."""
+        if self.observer is not None:
+            self._run.metrics |= {k: float(v) for k, v in metrics.items() if _finite(v)}
+            self._run.tags |= {"best_control": best_control, "reused": str(reused).lower()}
 
     @contextlib.contextmanager
-    def step(self, name: str, reused: bool) -> Iterator[None]:
-        if self.mlflow is None:
-            yield
+    def stage(
+        self, name: str, p: Params, reused: bool, params: Mapping[str, Any] | None = None
+    ) -> Iterator[Callable[[Mapping], None]]:
+        """A stage's child run (as its stage module opens it under `dvc repro`), with
+        ``params`` besides the stage's own; yields a function that logs its finite metrics.
+        """
+        if self.observer is None:
+            yield lambda values: None
             return
-        tags = {"sweep": "true", "step": name, "reused": str(reused).lower()}
-        with self.mlflow.start_run(run_name=name, nested=True, tags=tags):
-            yield
+        with self.observer.stage(name, p) as run:
+            self.observer.tracking.set_tag("reused", str(reused).lower())
+            for key, value in (params or {}).items():
+                self.observer.tracking.log_param(key, value)
+            yield lambda values: run.log_metrics(
+                {k: float(v) for k, v in values.items() if _finite(v)}
+            )
 
-    def metrics(self, values: Mapping[str, float]) -> None:
-        """Log what is finite; a logging failure is a warning, never a lost sweep."""
-        if self.mlflow is None:
-            return
-        finite = {k: float(v) for k, v in values.items() if np.isfinite(float(v))}
-        try:
-            self.mlflow.log_metrics(finite)
-        except Exception as err:  # the findings are written to the folder regardless
-            logger.warning("MLflow did not take the metrics (%s)", err)
+    def watch(self, hooks: SweepHooks) -> Any:
+        """``hooks`` with each network's run around them, as a training stage's."""
+        return hooks if self.observer is None else self.observer.watch(hooks)
+
+    def epoch_callbacks(self) -> list:
+        """Keras callbacks logging each epoch to the open stage run (as `train_gates`'s)."""
+        return [] if self.observer is None else [self.observer.tracking.epoch_logger()]
+
+
+def _finite(v: Any) -> bool:
+    return _is_number(v) and bool(np.isfinite(float(v)))
 
 
 def sweep_id(out: Path) -> str:
@@ -174,24 +162,30 @@ def _epoch_timer_class() -> type:
 
 class SweepHooks:
     """Around each network: its epoch times, for images/s after the first (compiling)
-    epoch; and per-epoch metrics to MLflow when the sweep logs there.
+    epoch, and its training cost. :meth:`Record.watch` adds its MLflow run, as a DVC
+    stage's network has (the attributes below are what that run reads).
     """
 
-    def __init__(self, log: Log) -> None:
-        self.log, self.rates, self._timer = log, {}, None
+    def __init__(self) -> None:
+        self.rates, self._timer = {}, None
         self.gmacs: list[float] = []  # training cost of the networks trained since reset
+        self.stage, self.params = "", None  # the stage and params training now
+        self.splits: dict = {}  # no split files: none is logged as a dataset
+        self.outputs: dict = {}  # no network files: none is registered
+        self.replicas, self.resumed_at = 1, 0
+
+    def run_name(self, job) -> str:
+        """The network's run name, as a DVC stage names it."""
+        from hmoe.stage_hooks import StageHooks
+
+        return StageHooks.run_name(self, job)
 
     @contextlib.contextmanager
     def network(self, job):
         from hmoe.steps.hooks import Fit
 
         self._timer = _epoch_timer_class()()
-        callbacks = [self._timer]
-        if self.log.mlflow is not None:
-            from hmoe.tracking import epoch_logger
-
-            callbacks.append(epoch_logger())
-        yield Fit(callbacks)
+        yield Fit([self._timer])
 
     def finished(self, job, model, summary):
         times = self._timer.times
@@ -237,33 +231,42 @@ class Runner:
     """The steps for one configuration x seed, with every network reused by its key."""
 
     splits: dict[str, tuple[np.ndarray, np.ndarray]]
-    log: Log
+    record: Record
     cache: dict[tuple, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     cost: dict[tuple, tuple[float, float]] = field(default_factory=dict)  # key -> (GMACs, s)
     hooks: SweepHooks | None = None
     evaluated: Any = None  # the last evaluate's (hmoe.evidence.Evaluated): labels, evidence
+    reused: bool = False  # whether the last pair reused a network of an earlier one
 
-    def cached(self, step: str, key: tuple, seed: int, make: Callable[[], Any]) -> Any:
-        """``make()`` once per key (seeded as a stage would be), timed and logged."""
+    def cached(self, stage: str, key: tuple, p: Params, make: Callable[[], Any]) -> Any:
+        """``make()`` once per key (seeded as a stage would be), timed, and recorded as
+        the stage's MLflow runs: a training stage's networks open their own (as under
+        `dvc repro`), any other stage one; a reused step's runs are tagged so.
+        """
+        step = stage.removeprefix("train_")
         full = (step, *key)
-        reused = full in self.cache
-        with self.log.step(step, reused):
-            if not reused:
-                import keras
+        if full in self.cache:
+            self.seconds[step] = 0.0
+            self.reused |= stage in NETWORK_STAGES
+            extra = {"replicas": self.hooks.replicas} if stage in NETWORK_STAGES else {}
+            for name, metrics in _run_metrics(stage, self.cache[full]).items():
+                with self.record.stage(name, p, True, extra) as log:
+                    log(metrics)
+            return self.cache[full]
+        import keras
 
-                keras.utils.set_random_seed(seed)
-                start = time.perf_counter()
-                if self.hooks is not None:
-                    self.hooks.gmacs = []
-                self.cache[full] = make()
-                self.seconds[step] = time.perf_counter() - start
-                gmacs = sum(self.hooks.gmacs) if self.hooks is not None else 0.0
-                self.cost[full] = (gmacs, self.seconds[step])
-                logger.info("%s: %.1f s", step, self.seconds[step])
-            else:
-                self.seconds[step] = 0.0
-            self.log.metrics({"wall_s": self.seconds[step], **_summary(self.cache[full])})
+        keras.utils.set_random_seed(p.seed)
+        start = time.perf_counter()
+        self.hooks.gmacs = []
+        own_run = stage not in NETWORK_STAGES
+        with self.record.stage(stage, p, False) if own_run else _no_run() as log:
+            self.cache[full] = make()
+            if own_run:
+                log(_run_metrics(stage, self.cache[full])[stage])
+        self.seconds[step] = time.perf_counter() - start
+        self.cost[full] = (sum(self.hooks.gmacs), self.seconds[step])
+        logger.info("%s: %.1f s", step, self.seconds[step])
         return self.cache[full]
 
     def run(self, p: Params) -> dict[str, Any]:
@@ -274,10 +277,11 @@ class Runner:
         """
         from hmoe.pipeline import read_stages
 
-        self.seconds = {}
-        hooks = self.hooks = self.hooks or SweepHooks(self.log)
-        hooks.rates = {}
-        steps = stage_steps(p, self.splits, hooks)
+        self.seconds, self.reused = {}, False
+        hooks = self.hooks = self.hooks or SweepHooks()
+        hooks.rates, hooks.params = {}, p
+        watched = self.record.watch(hooks)
+        steps = stage_steps(p, self.splits, watched, self.record.epoch_callbacks())
         stages = read_stages()
         missing = [s.name for s in stages if s.name not in steps]
         if missing:
@@ -285,9 +289,9 @@ class Runner:
         keys = stage_keys(p, stages)
         done: dict[str, Any] = {}
         for stage in stages:
-            step = stage.name.removeprefix("train_")
+            hooks.stage = stage.name
             make = functools.partial(steps[stage.name], done)
-            done[stage.name] = self.cached(step, keys[stage.name], p.seed, make)
+            done[stage.name] = self.cached(stage.name, keys[stage.name], p, make)
         return self._row(done, keys, hooks)
 
     def _row(self, done: Mapping[str, Any], keys: Mapping[str, tuple], hooks: SweepHooks) -> dict:
@@ -322,7 +326,10 @@ MIXTURE_NETWORKS = ("train_base", "train_specialists", "train_router")
 
 
 def stage_steps(
-    p: Params, splits: Mapping[str, tuple[np.ndarray, np.ndarray]], hooks: SweepHooks
+    p: Params,
+    splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    hooks: Any,
+    gate_callbacks: Sequence[Any] = (),
 ) -> dict[str, Callable[[Mapping[str, Any]], Any]]:
     """For each dvc.yaml stage, the step its stage module calls, on the results of the
     stages before it (by stage name). The data are prepared once for every configuration.
@@ -357,7 +364,8 @@ def stage_steps(
 
     def gates(done: Mapping[str, Any]) -> Any:
         fit = gate_fit_split(p.gates.fit_on, splits["gate"], train)
-        return train_gates(p, done["groups"][0], mixture(done), fit, val)
+        groups = done["groups"][0]
+        return train_gates(p, groups, mixture(done), fit, val, callbacks=list(gate_callbacks))
 
     def evaluated(done: Mapping[str, Any]) -> Evaluated:
         second, gates = done["train_second_base"], done["train_gates"]
@@ -386,18 +394,36 @@ def stage_steps(
     }
 
 
-def _summary(value: Any) -> dict[str, float]:
-    """Numbers worth logging from what a step returned."""
-    summary = getattr(value, "summary", None) or getattr(value, "metrics", None)
-    if isinstance(value, dict):  # specialists: group -> Trained
-        return {
-            f"{g}_{k}": float(v)
-            for g, t in value.items()
-            for k, v in getattr(t, "summary", {}).items()
-        }
-    if isinstance(summary, Mapping):
-        return {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}
-    return {}
+@contextlib.contextmanager
+def _no_run() -> Iterator[None]:
+    yield None
+
+
+def _run_metrics(stage: str, value: Any) -> dict[str, dict[str, Any]]:
+    """The MLflow runs a step's result stands for, by run name, with the metrics its
+    stage module logs: evaluate's figures, a trained network's or the gates' final
+    epoch (``final_*``); none for a stage that trained nothing (the second base when
+    the control is off).
+    """
+    if value is None:
+        return {}
+    if stage == "prepare":  # split -> (x, y)
+        return {stage: {f"{name}_images": len(y) for name, (_, y) in value.items()}}
+    if isinstance(value, dict) and stage == "train_specialists":  # group -> Trained
+        return {f"{stage}@{g}": _finals(t) for g, t in value.items()}
+    metrics = getattr(value, "metrics", None)
+    if isinstance(metrics, Mapping):
+        return {stage: dict(metrics)}
+    return {stage: _finals(value)}
+
+
+def _finals(value: Any) -> dict[str, Any]:
+    summary = getattr(value, "summary", None)
+    return {f"final_{k}": v for k, v in (summary or {}).items()}
+
+
+# The stages whose networks open their own runs (their stage modules use observer.watch).
+NETWORK_STAGES = ("train_base", "train_second_base", "train_specialists", "train_router")
 
 
 def prepare_data(raw: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -423,11 +449,10 @@ def run_pair(
 
     p, t0 = pair.params, time.perf_counter()
     runtime.setup(p)  # this configuration's precision and compilation
-    flat = dotted(pair.overrides) | {"seed": p.seed}
-    with runner.log.parent(pair.config, p.seed, flat, tags):
+    with runner.record.pair(pair, tags):
         row = {"config": pair.config, "seed": p.seed, **runner.run(p), **provenance}
         row["wall_s"] = time.perf_counter() - t0
-        runner.log.metrics({k: v for k, v in row.items() if _is_number(v)})
+        runner.record.finish(row, row["best_control"], runner.reused)
     return row
 
 

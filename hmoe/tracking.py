@@ -17,6 +17,7 @@ change no output and it is in no stage's DVC deps.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import logging
@@ -24,6 +25,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,41 @@ import numpy as np
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
+from hmoe import gitrev
+
 logger = logging.getLogger(__name__)
 
 PIPELINE_TAG = "hmoe_pipeline"
 ROLE_TAG = "hmoe_role"
 STAGE_TAG = "hmoe_stage"
+# MLflow 3.17's UI opens an experiment on its GenAI overview unless this experiment tag
+# names another kind; with it, the runs table ("Model training") is the first view.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One pipeline execution as MLflow records it, when the caller holds it in memory
+    (the sweep: one per configuration x seed). DVC's stages are separate processes and
+    find theirs by :func:`pipeline_key` instead (:func:`find_or_create_parent`).
+    """
+
+    run_id: str
+    key: str
+    tags: Mapping[str, str]  # put on the parent and on every stage run under it
+
+
+_held: contextvars.ContextVar[Pipeline | None] = contextvars.ContextVar("hmoe_pipeline")
+
+
+@contextlib.contextmanager
+def under(pipeline: Pipeline) -> Iterator[None]:
+    """Stage runs opened inside go under ``pipeline``'s parent, with its tags."""
+    token = _held.set(pipeline)
+    try:
+        yield
+    finally:
+        _held.reset(token)
 
 
 class TrackingUnavailable(RuntimeError):
@@ -63,21 +95,15 @@ def artifact_location(root: Path | None = None) -> str | None:
     return (_root(root) / "mlartifacts").as_uri()
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path.cwd()
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def pipeline_key() -> str:
-    """Identity of one pipeline execution: the DVC experiment, else the commit and
-    the digest of what is not committed yet (params, dvc.yaml, code).
+    """Identity of one pipeline execution: the sweep's pair (:func:`under`), the DVC
+    experiment, else the commit and the digest of what is not committed yet (params,
+    dvc.yaml, code).
     """
-    return os.environ.get("DVC_EXP_NAME") or f"repro@{git_commit()[:10]}-{inputs_digest()}"
+    held = _held.get(None)
+    if held is not None:
+        return held.key
+    return os.environ.get("DVC_EXP_NAME") or f"repro@{gitrev.commit()[:10]}-{inputs_digest()}"
 
 
 def inputs_digest() -> str:
@@ -120,6 +146,8 @@ def setup(experiment: str, root: Path | None = None) -> str:
             exp_id = client.create_experiment(experiment, artifact_location=artifact_location(root))
         else:
             exp_id = exp.experiment_id
+        if client.get_experiment(exp_id).tags.get(KIND_TAG) is None:
+            client.set_experiment_tag(exp_id, KIND_TAG, KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -173,31 +201,62 @@ def store_lock(uri: str) -> Iterator[None]:
 
 
 def common_tags() -> dict[str, str]:
-    tags = {PIPELINE_TAG: pipeline_key(), "git_commit": git_commit()}
+    tags = {PIPELINE_TAG: pipeline_key(), "git_commit": gitrev.commit()}
     for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
         if os.environ.get(var):
             tags[var] = os.environ[var]
-    return tags
+    held = _held.get(None)
+    return tags | dict(held.tags if held is not None else {})
 
 
-def find_or_create_parent(experiment_id: str) -> str:
-    """The RUNNING parent run of this pipeline execution, created when absent."""
-    client = MlflowClient()
-    key = pipeline_key()
-    found = client.search_runs(
+def running_pipelines(experiment_id: str, key: str) -> list:
+    """The RUNNING parent runs of the pipeline execution ``key``."""
+    return MlflowClient().search_runs(
         [experiment_id],
         filter_string=f"tags.{PIPELINE_TAG} = '{key}' and tags.{ROLE_TAG} = 'pipeline' "
         "and attributes.status = 'RUNNING'",
-        max_results=1,
     )
+
+
+def create_parent(experiment_id: str, name: str, tags: Mapping[str, str] = ()) -> str:
+    """A new parent run for this pipeline execution (:func:`common_tags`, ``tags``)."""
+    tags = {**common_tags(), **dict(tags), ROLE_TAG: "pipeline"}
+    run = MlflowClient().create_run(experiment_id, run_name=name, tags=tags)
+    logger.info("created MLflow pipeline run %s (%s)", run.info.run_id, tags[PIPELINE_TAG])
+    return run.info.run_id
+
+
+def find_or_create_parent(experiment_id: str) -> str:
+    """The RUNNING parent run of this pipeline execution, created when absent: DVC runs
+    each stage in its own process, so a stage continues the parent its first stage made.
+    """
+    held = _held.get(None)
+    if held is not None:
+        return held.run_id
+    key = pipeline_key()
+    found = running_pipelines(experiment_id, key)
     if found:
         return found[0].info.run_id
     name = os.environ.get("DVC_EXP_NAME") or key.removeprefix("repro@")
-    run = client.create_run(
-        experiment_id, run_name=name, tags={**common_tags(), ROLE_TAG: "pipeline"}
-    )
-    logger.info("created MLflow pipeline run %s (%s)", run.info.run_id, key)
-    return run.info.run_id
+    return create_parent(experiment_id, name)
+
+
+def mark_killed(runs: Sequence[Any], what: str) -> list[str]:
+    """Runs still RUNNING whose process died unannounced (SIGKILL, a lost node): marked
+    KILLED, with their RUNNING children; returns their ids for the new run's
+    ``resumes_runs`` tag. The one place a dead run is marked, for both runners.
+    """
+    client = MlflowClient()
+    for run in runs:
+        children = client.search_runs(
+            [run.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}' "
+            "and attributes.status = 'RUNNING'",
+        )
+        for dead in [*children, run]:
+            client.set_terminated(dead.info.run_id, "KILLED")
+        logger.warning("%s: earlier attempt %s was killed; marked KILLED", what, run.info.run_id)
+    return [r.info.run_id for r in runs]
 
 
 def finish_parent(
@@ -222,6 +281,11 @@ def finish_parent(
     for k, v in metrics.items():
         client.log_metric(parent_id, k, float(v))
     client.set_terminated(parent_id, "FINISHED")
+
+
+def end_run(run_id: str, status: str) -> None:
+    """Mark a run that was not started with ``mlflow.start_run`` (a parent) ended."""
+    MlflowClient().set_terminated(run_id, status)
 
 
 @contextlib.contextmanager
@@ -260,16 +324,12 @@ def mark_killed_attempts(experiment_id: str, parent: str, stage: str) -> list[st
     """Earlier runs of this stage under this parent still RUNNING were killed outright
     (SIGKILL, power loss): mark them KILLED and return their ids for the new run's tag.
     """
-    client = MlflowClient()
-    found = client.search_runs(
+    found = MlflowClient().search_runs(
         [experiment_id],
         filter_string=f"tags.{STAGE_TAG} = '{stage}' and tags.mlflow.parentRunId = '{parent}' "
         "and attributes.status = 'RUNNING'",
     )
-    for run in found:
-        client.set_terminated(run.info.run_id, "KILLED")
-        logger.warning("%s: earlier attempt %s was killed; marked KILLED", stage, run.info.run_id)
-    return [r.info.run_id for r in found]
+    return mark_killed(found, stage)
 
 
 def epoch_logger() -> Any:

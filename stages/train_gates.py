@@ -28,6 +28,7 @@ def main() -> None:
     experts = load_mixture(
         groups,
         modelset.model_files(groups.names, gates=False),
+        routing=params.mixture.routing,
         tta=params.mixture.tta,
         gate_input=seen,
         gates=False,

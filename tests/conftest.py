@@ -39,6 +39,7 @@ HEAVY_FIRST = (
     "sweep",
     "test_team",
     "test_reliability",
+    "test_kills",
     "test_distribute",
     "test_stage_errors",
     "test_router_levers",

@@ -11,23 +11,9 @@ import numpy as np
 
 from hmoe.controls import FAIR_CONTROLS, ROUTED, all_probs
 from hmoe.costs import multiply_adds
-from hmoe.metrics import accuracy, specialist_accuracy
+from hmoe.metrics import HEADLINE, accuracy, specialist_accuracy
 from hmoe.mixture import Mixture, group_marginal, tta_views
 from hmoe.stats import compare
-
-# What users compare (`dvc exp show`, the report), in this order: the only keys of
-# reports/metrics.json, so that `dvc exp show --only-changed` stays narrow. The rest
-# (controls, paired statistics, costs, gate weights) goes to reports/eval/details.json
-# and MLflow.
-HEADLINE = (
-    "mixture_accuracy",
-    "base_accuracy",
-    "hard_accuracy",
-    "soft_accuracy",
-    "router_accuracy",
-    "oracle_accuracy",
-    "two_bases_control_accuracy",
-)
 
 
 @dataclass(frozen=True)

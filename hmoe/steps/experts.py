@@ -51,8 +51,6 @@ def train_base(
     same recipe, seed + :data:`SECOND_BASE_SEED_OFFSET`).
     """
     seed = params.seed + (SECOND_BASE_SEED_OFFSET if second else 0)
-    if second:
-        keras.utils.set_random_seed(seed)
     n_classes = len(_classes(params))
     name = "second_base" if second else "base"
     return _train(params, params.base, name, n_classes, train, val, seed=seed, hooks=hooks)
@@ -93,7 +91,6 @@ def train_specialist(
     if cfg.distill > 0 and base is None:
         raise ValueError(f"specialist@{group}: specialists.distill needs the trained base")
     seed = params.seed + SPECIALIST_SEED_OFFSET + groups.names.index(group)
-    keras.utils.set_random_seed(seed)
     ids = groups.class_ids(group)
     subset = {"dustbin": cfg.dustbin, "seed": seed}
     x, y = specialist_subset(*train, ids, **subset)
@@ -225,7 +222,13 @@ def _train(
                 f"learning_rate`, or `{section}.learning_rate` for this network alone) or "
                 "check the input images"
             )
-        summary = summarise_history(history.history, monitor="val_accuracy", mode="max")
+        # A resumed network whose epochs were all done (its stage was killed while it
+        # was saved or registered) trains none: its summary is the hooks' (StageHooks
+        # rebuilds it from every attempt's epoch log).
+        ran = bool(history.history.get("val_accuracy"))
+        summary = (
+            summarise_history(history.history, monitor="val_accuracy", mode="max") if ran else {}
+        )
         summary = hooks.finished(job, model, summary)
     logger.info(
         "%s: best val accuracy %.4f at epoch %d",

@@ -110,26 +110,66 @@ def test_findings_table_compares_with_the_reference(sweep):
     assert "Traceback" not in log
 
 
-def test_every_configuration_and_seed_is_an_mlflow_parent_with_step_children(sweep):
-    repo, _, _ = sweep
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(f"{EXPERIMENT}-sweep")
+def _runs(repo):
+    """(every run, the parent runs) in ``repo``'s SQLite store."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return runs, [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+def _children(runs, parent) -> dict:
+    return {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
+
+
+def test_every_configuration_and_seed_is_an_mlflow_parent_with_a_run_per_stage(sweep):
+    repo, _, _ = sweep
+    runs, parents = _runs(repo)
     assert sorted(r.info.run_name for r in parents) == [
         "default-s42", "default-s43", "finetuned_hard-s42", "finetuned_hard-s43",
     ]  # fmt: skip
     for parent in parents:
-        assert parent.data.tags["sweep"] == "true"
+        tags = parent.data.tags
+        assert tags["sweep"] == "true" and tags["hmoe_role"] == "pipeline"
         assert "mixture_accuracy" in parent.data.metrics
-        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        assert {r.data.tags["step"] for r in children} == {
-            "prepare", "base", "second_base", "groups", "specialists", "router", "gates",
-            "evaluate",
+        children = _children(runs, parent.info.run_id)
+        assert set(children) == {
+            "prepare", "train_base", "train_second_base", "groups",
+            "train_specialists@artificial", "train_specialists@natural", "train_router",
+            "train_gates", "evaluate",
         }  # fmt: skip
+        reused = {n for n, r in children.items() if r.data.tags["reused"] == "true"}
+        if tags["sweep_config"] == "default":  # the first pair of its seed trains every network
+            assert reused <= {"prepare"} and tags["reused"] == "false"  # data: prepared once
+        else:  # finetuned_hard reuses the bases and the router, not the specialists
+            assert {"train_base", "train_second_base", "train_router"} <= reused
+            assert not any(n.startswith("train_specialists@") for n in reused)
+            assert tags["reused"] == "true"
+
+
+def test_a_sweep_pair_is_recorded_as_a_dvc_run_of_the_same_params(sweep, tiny_pipeline):
+    """`mlflow ui` compares a sweep's pair with a `dvc repro` side by side: the same
+    params on the parents and the same runs, by name and param keys, under them. The
+    tiny pipeline ran params.yaml; the sweep's `default` adds the two-bases control (a
+    stage of its own).
+    """
+    sweep_runs, sweep_parents_ = _runs(sweep.repo)
+    dvc_runs, dvc_parents = _runs(tiny_pipeline.repo)  # test_repro adds experiments later
+    first = [r for r in dvc_parents if r.data.tags["hmoe_pipeline"].startswith("repro@")]
+    dvc_parent = min(first, key=lambda r: r.info.start_time)
+    pair = next(r for r in sweep_parents_ if r.info.run_name == "default-s42")
+    assert pair.data.params.keys() == dvc_parent.data.params.keys()
+    differ = {k for k, v in dvc_parent.data.params.items() if pair.data.params[k] != v}
+    assert differ == {"controls.second_base"}
+    mine = _children(sweep_runs, pair.info.run_id)
+    theirs = _children(dvc_runs, dvc_parent.info.run_id)
+    assert set(mine) == set(theirs) | {"train_second_base"}
+    for name, run_ in theirs.items():
+        assert mine[name].data.params.keys() == run_.data.params.keys(), name
+        assert mine[name].data.tags["hmoe_stage"] == run_.data.tags["hmoe_stage"] == name
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep.repo / 'mlflow.db'}")
+    kind = client.get_experiment_by_name(EXPERIMENT).tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"  # the runs table opens, not GenAI's overview
 
 
 def test_a_rerun_skips_finished_rows(sweep):

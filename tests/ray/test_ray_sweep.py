@@ -168,7 +168,7 @@ def test_the_killed_run_is_marked_killed_and_its_retry_finished(ray_sweep, repo)
     assert retry.data.tags["resumes_runs"] == killed.info.run_id
     assert retry.data.tags["attempt"] == "1"
     client = _client(path)
-    exp = client.get_experiment_by_name(f"{EXPERIMENT}-sweep")
+    exp = client.get_experiment_by_name(EXPERIMENT)
     assert not client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
 
 

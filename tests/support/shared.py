@@ -156,7 +156,7 @@ def sweep_parents(repo: Path) -> list:
     uri = f"sqlite:///{repo / 'mlflow.db'}"
     with tracking.store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(f"{EXPERIMENT}-sweep")
+        exp = client.get_experiment_by_name(EXPERIMENT)
         if exp is None:
             return []
         runs = client.search_runs([exp.experiment_id], "tags.sweep = 'true'")

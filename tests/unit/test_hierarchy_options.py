@@ -98,6 +98,7 @@ def test_gates_that_see_features_give_the_same_routed_and_dense_mixture(mode, ro
         gates={"a": build_gate(n_in, hidden=4), "b": build_gate(n_in, hidden=4)},
         groups=GROUPS,
         routing=routing,
+        router_fusion="none",
         tta=1,
         gate_input=GateInput(mode),
     )

@@ -177,6 +177,7 @@ def _mixture(routing="hard", tta=0, gates=True):
         gates={"a": build_gate(20, hidden=4), "b": build_gate(20, hidden=4)} if gates else {},
         groups=GROUPS,
         routing=routing,
+        router_fusion="none",
         tta=tta,
     )
 

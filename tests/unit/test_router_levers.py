@@ -116,7 +116,8 @@ def test_a_router_head_on_the_frozen_base_trunk_shares_its_pass(raw_params, inpu
     specs = {"a": _net(4), "b": _net(6)}
     gate_in = GateInput(inputs).size(10, base.get_layer("features").output.shape[-1])
     gates = {"a": build_gate(gate_in, hidden=4), "b": build_gate(gate_in, hidden=4)}
-    kw = {"specialists": specs, "gates": gates, "groups": GROUPS, "tta": 2}
+    kw = {"specialists": specs, "gates": gates, "groups": GROUPS, "tta": 2, "routing": "hard"}
+    kw["router_fusion"] = "none"
     kw["gate_input"] = GateInput(inputs)
     shared = Mixture(router=head, base=base, **kw)
     out = shared.outputs(images)
