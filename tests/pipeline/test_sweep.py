@@ -196,11 +196,10 @@ def test_a_misspelt_override_fails_before_training(sweep, tmp_path):
 def test_a_sigkilled_sweep_reruns_to_every_row_once_with_the_same_numbers(
     sweep, tiny_project, tmp_path_factory
 ):
-    """SIGKILL while the first pair trains (its MLflow parent RUNNING): the rerun runs
-    every pair, and ends with each row once and the uninterrupted sweep's numbers; MLflow
-    shows the dead parent KILLED and its rerun FINISHED. (A kill between rows leaves
-    findings.csv whole: it is replaced atomically, and a rerun skips its rows, as
-    test_a_rerun_skips_finished_rows checks.)
+    """SIGKILL while the first pair trains (its MLflow parent RUNNING), then, in the
+    rerun, as soon as the first row is written (between rows, or early in the second
+    pair): the last run ends with each row once and the uninterrupted sweep's numbers;
+    MLflow shows the dead parents KILLED and one FINISHED parent per pair.
     """
     reference = pd.read_csv(sweep[0] / "out/findings.csv").set_index(["config", "seed"])
     root = tmp_path_factory.mktemp("killed-sweep")
@@ -208,22 +207,12 @@ def test_a_sigkilled_sweep_reruns_to_every_row_once_with_the_same_numbers(
     repo = clone(tiny_project, root / "repo", env)
     (repo / SWEEP_FILE).write_text(yaml.safe_dump(SWEEP))
     cmd = [*SWEEP_CMD[:-1], "1", "--out", "out", "--threads", "1"]  # one seed: two pairs
-    proc = subprocess.Popen(
-        cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    deadline, running = time.monotonic() + 600, []
-    try:
-        while not running and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-            running = [r for r in sweep_parents(repo) if r.info.status == "RUNNING"]
-        assert proc.poll() is None and running, "the sweep ended before it could be killed"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
     csv = repo / "out/findings.csv"
+    running = _kill_when(cmd, repo, env, lambda: _running_parents(repo))
     assert not csv.exists() or pd.read_csv(csv).empty  # killed within its first pair
+    # again, as soon as the first row is written: between rows, or early in the second
+    _kill_when(cmd, repo, env, lambda: csv.exists() and len(pd.read_csv(csv)) == 1)
+    assert len(pd.read_csv(csv)) == 1
     _run(cmd, repo, env, timeout=900)
     frame = pd.read_csv(csv).set_index(["config", "seed"])
     assert sorted(frame.index) == [("default", 42), ("finetuned_hard", 42)]
@@ -234,3 +223,30 @@ def test_a_sigkilled_sweep_reruns_to_every_row_once_with_the_same_numbers(
     assert sorted(r.info.status for r in mine) == ["FINISHED", "KILLED"]
     rerun = next(r for r in mine if r.info.status == "FINISHED")
     assert rerun.data.tags["resumes_runs"] == killed.info.run_id
+    statuses = {}
+    for r in sweep_parents(repo):
+        statuses.setdefault(r.info.run_name, []).append(r.info.status)
+    assert all(s.count("FINISHED") == 1 and "RUNNING" not in s for s in statuses.values())
+
+
+def _running_parents(repo) -> list:
+    return [r for r in sweep_parents(repo) if r.info.status == "RUNNING"]
+
+
+def _kill_when(cmd, repo, env, ready) -> object:
+    """Start ``cmd``, SIGKILL its process group once ``ready()`` is truthy; its value."""
+    proc = subprocess.Popen(
+        cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline, seen = time.monotonic() + 600, None
+    try:
+        while not seen and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            seen = ready()
+        assert proc.poll() is None and seen, "the sweep ended before it could be killed"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return seen
