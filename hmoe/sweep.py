@@ -65,7 +65,8 @@ from hmoe.sweep_plan import (
     reuse_groups,
     shared_params,
 )
-from hmoe.sweep_runner import Record, Runner, prepare_data, run_pair, set_threads, sweep_id
+from hmoe.sweep_record import Record, sweep_id
+from hmoe.sweep_runner import Runner, prepare_data, run_pair, set_threads
 
 logger = logging.getLogger("hmoe.sweep")
 

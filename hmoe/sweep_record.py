@@ -1,0 +1,110 @@
+"""How a sweep is recorded in MLflow (:class:`Record`): each configuration x seed as a
+`dvc exp run` of the same params is, through the stages' own observer
+(:mod:`hmoe.observer`), plus the sweep's tags. Imports MLflow only when it is enabled and
+installed: the device machines have none, and the sweep must still run there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hmoe.params import Params
+from hmoe.sweep_plan import Pair
+
+logger = logging.getLogger("hmoe.sweep")
+
+
+class Record:
+    """MLflow when importable, else nothing: the device machines have no MLflow, and
+    the sweep must still run there.
+
+    A configuration x seed is recorded as a `dvc exp run` is (:func:`hmoe.observer.pipeline`):
+    a parent with every effective param, a child per stage with the stage's name, tags,
+    params and metrics, plus the sweep's tags (its id, configuration, seed, and on each
+    stage whether its networks were reused). ``sweep_id`` names the sweep (its host and
+    output folder, :func:`sweep_id`): a parent of the same sweep, configuration and seed
+    still RUNNING when the pair starts again belongs to a process killed outright
+    (SIGKILL, a lost node, a Ray retry), and is marked KILLED.
+    """
+
+    def __init__(self, experiment: str, enabled: bool = True, sweep_id: str = "") -> None:
+        self.experiment, self.sweep_id, self.observer = experiment, sweep_id, None
+        if not enabled:
+            return
+        try:
+            from hmoe import observer  # imports MLflow
+        except ImportError:
+            logger.info("MLflow is not installed: the sweep is logged to its folder only")
+            return
+        self.observer = observer
+        self._run: Any = None
+
+    @contextlib.contextmanager
+    def pair(self, pair: Pair, tags: Mapping[str, str] | None = None) -> Iterator[None]:
+        """The pair's parent run around its stages."""
+        if self.observer is None:
+            yield
+            return
+        p = pair.params
+        self.tags = {"sweep": "true", "sweep_id": self.sweep_id, "sweep_config": pair.config}
+        self.tags |= {"seed": str(p.seed), "reused": "false", **(tags or {})}
+        key = f"sweep-{self.sweep_id}-{pair.config}-s{p.seed}"
+        name = f"{pair.config}-s{p.seed}"
+        with self.observer.pipeline(self.experiment, name, key, p, self.tags) as self._run:
+            yield
+
+    def finish(self, metrics: Mapping[str, Any], best_control: str, reused: bool) -> None:
+        """What the pair's parent ends with (finite numbers: MLflow takes no NaN)."""
+        if self.observer is not None:
+            self._run.metrics |= {k: float(v) for k, v in metrics.items() if _finite(v)}
+            self._run.tags |= {"best_control": best_control, "reused": str(reused).lower()}
+
+    @contextlib.contextmanager
+    def stage(
+        self, name: str, p: Params, reused: bool, params: Mapping[str, Any] | None = None
+    ) -> Iterator[Callable[[Mapping], None]]:
+        """A stage's child run (as its stage module opens it under `dvc repro`), with
+        ``params`` besides the stage's own; yields a function that logs its finite metrics.
+        """
+        if self.observer is None:
+            yield lambda values: None
+            return
+        with self.observer.stage(name, p) as run:
+            self.observer.tracking.set_tag("reused", str(reused).lower())
+            for key, value in (params or {}).items():
+                self.observer.tracking.log_param(key, value)
+            yield lambda values: run.log_metrics(
+                {k: float(v) for k, v in values.items() if _finite(v)}
+            )
+
+    def watch(self, hooks: Any) -> Any:
+        """``hooks`` with each network's run around them, as a training stage's."""
+        return hooks if self.observer is None else self.observer.watch(hooks)
+
+    def epoch_callbacks(self) -> list:
+        """Keras callbacks logging each epoch to the open stage run (as `train_gates`'s)."""
+        return [] if self.observer is None else [self.observer.tracking.epoch_logger()]
+
+
+def _finite(v: Any) -> bool:
+    return _is_number(v) and bool(np.isfinite(float(v)))
+
+
+def sweep_id(out: Path) -> str:
+    """A sweep's identity in MLflow: the driver's host and output folder, hashed (a
+    rerun into the same folder is the same sweep; another user's is not).
+    """
+    where = f"{socket.gethostname()}:{out.resolve()}"
+    return hashlib.sha256(where.encode()).hexdigest()[:16]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
