@@ -1,7 +1,8 @@
 import numpy as np
 import pandas as pd
 
-from hmoe.report import curves_figure, gate_matrix, routing_matrix, write_report
+from hmoe.report import write_report
+from hmoe.report_figures import curves_figure, gate_matrix, routing_matrix
 
 
 def test_routing_matrix_rows_are_shares():
