@@ -84,8 +84,9 @@ def run_sweep(
     policy, why, jit, jit_why = runtime.setup(first)
     logger.info("precision %s (%s), compiled %s (%s)", policy, why, jit, jit_why)
     start = time.perf_counter()
-    record = Record(first.mlflow.experiment, track, sweep_id(out))
-    runner = Runner(prepare_data(spec.raw), record)
+    splits, digest = prepare_data(spec.raw)
+    record = Record(first.mlflow.experiment, track, sweep_id(out), digest)
+    runner = Runner(splits, record)
     logger.info("data prepared in %.1f s", time.perf_counter() - start)
     rows = done.to_dict("records")
     provenance = {"commit": gitrev.commit(short=True), "machine": runtime.machine()}
@@ -107,6 +108,7 @@ class TaskSetup:
     experiment: str
     sweep_id: str
     commit: str
+    data_digest: str = ""
 
 
 def run_group(
@@ -128,7 +130,9 @@ def run_group(
     if setup.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = setup.tracking_uri
     runtime.setup(pairs[0].params)
-    record = Record(setup.experiment, setup.tracking_uri is not None, setup.sweep_id)
+    record = Record(
+        setup.experiment, setup.tracking_uri is not None, setup.sweep_id, setup.data_digest
+    )
     runner = Runner(dict(splits), record)
     provenance = {"commit": setup.commit, "machine": runtime.machine()}
     tags = {k: str(v) for k, v in where.items()}
@@ -156,10 +160,9 @@ def run_sweep_ray(spec: SweepSpec, out: Path, options: Any, *, track: bool = Tru
     if groups:
         logger.info("%d reuse group(s): one Ray task each", len(groups))
         uri = _tracking_uri(first.mlflow.experiment, track, remote=bool(options.address))
-        setup = TaskSetup(
-            options.cpus, uri, first.mlflow.experiment, sweep_id(out), gitrev.commit(short=True)
-        )
-        splits = prepare_data(spec.raw)
+        splits, digest = prepare_data(spec.raw)
+        commit = gitrev.commit(short=True)
+        setup = TaskSetup(options.cpus, uri, first.mlflow.experiment, sweep_id(out), commit, digest)
         task = functools.partial(run_group, setup=setup)
         failed = []
         for group, result in sweep_ray.run_tasks(task, groups, splits, options, out):

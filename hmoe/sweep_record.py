@@ -35,8 +35,11 @@ class Record:
     (SIGKILL, a lost node, a Ray retry), and is marked KILLED.
     """
 
-    def __init__(self, experiment: str, enabled: bool = True, sweep_id: str = "") -> None:
+    def __init__(
+        self, experiment: str, enabled: bool = True, sweep_id: str = "", data_digest: str = ""
+    ) -> None:
         self.experiment, self.sweep_id, self.observer = experiment, sweep_id, None
+        self.data_digest = data_digest  # the sweep's own data: not reports/data.json's
         if not enabled:
             return
         try:
@@ -56,6 +59,8 @@ class Record:
         p = pair.params
         self.tags = {"sweep": "true", "sweep_id": self.sweep_id, "sweep_config": pair.config}
         self.tags |= {"seed": str(p.seed), "reused": "false", **(tags or {})}
+        if self.data_digest:
+            self.tags["data_digest"] = self.data_digest
         key = f"sweep-{self.sweep_id}-{pair.config}-s{p.seed}"
         name = f"{pair.config}-s{p.seed}"
         with self.observer.pipeline(self.experiment, name, key, p, self.tags) as self._run:

@@ -340,14 +340,19 @@ def _finals(value: Any) -> dict[str, Any]:
 NETWORK_STAGES = ("train_base", "train_second_base", "train_specialists", "train_router")
 
 
-def prepare_data(raw: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The splits every configuration shares (the `data` section must not vary)."""
+def prepare_data(
+    raw: Mapping[str, Any],
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+    """The splits every configuration shares (the `data` section must not vary), and
+    the source's digest (what `prepare` records in reports/data.json under DVC).
+    """
     from hmoe import edge
     from hmoe.data import load_source
     from hmoe.steps.data import prepare
 
     p = parse_params(raw)
-    return prepare(load_source(edge.resolve_source(p.data.source)), p.data).splits
+    prepared = prepare(load_source(edge.resolve_source(p.data.source)), p.data)
+    return prepared.splits, str(prepared.report.get("digest") or "")
 
 
 def run_pair(

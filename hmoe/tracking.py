@@ -299,9 +299,10 @@ def stage_run(
     """A child run for one stage; yields (run, parent run id); logs wall time."""
     exp_id = setup(experiment, root)
     parent = find_or_create_parent(exp_id)
-    tags = {**common_tags(), ROLE_TAG: "stage", STAGE_TAG: stage}
+    tags = {ROLE_TAG: "stage", STAGE_TAG: stage}
     if data_digest:
         tags["data_digest"] = data_digest
+    tags |= common_tags()  # a held pipeline's tags win: a sweep's data are its own
     start = time.perf_counter()
     stale = mark_killed_attempts(exp_id, parent, stage)
     if stale:

@@ -167,6 +167,8 @@ def test_a_sweep_pair_is_recorded_as_a_dvc_run_of_the_same_params(sweep, tiny_pi
     for name, run_ in theirs.items():
         assert mine[name].data.params.keys() == run_.data.params.keys(), name
         assert mine[name].data.tags["hmoe_stage"] == run_.data.tags["hmoe_stage"] == name
+        # the sweep's own data digest, which here is the pipeline's: the same tiny source
+        assert mine[name].data.tags["data_digest"] == run_.data.tags["data_digest"], name
     client = MlflowClient(tracking_uri=f"sqlite:///{sweep.repo / 'mlflow.db'}")
     kind = client.get_experiment_by_name(EXPERIMENT).tags["mlflow.experimentKind"]
     assert kind == "custom_model_development"  # the runs table opens, not GenAI's overview
