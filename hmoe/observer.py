@@ -143,7 +143,10 @@ def pipeline(
         except BaseException:
             tracking.end_run(run_id, "FAILED")
             raise
-    tracking.finish_parent(run_id, record.metrics, (), record.tags, flatten(params))
+    try:
+        tracking.finish_parent(run_id, record.metrics, (), record.tags, flatten(params))
+    except Exception as err:  # the sweep's folder has the row regardless: never lose it
+        logger.warning("MLflow did not take the parent run's summary (%s)", err)
 
 
 class PipelineRun:

@@ -86,9 +86,7 @@ class Record:
             self.observer.tracking.set_tag("reused", str(reused).lower())
             for key, value in (params or {}).items():
                 self.observer.tracking.log_param(key, value)
-            yield lambda values: run.log_metrics(
-                {k: float(v) for k, v in values.items() if _finite(v)}
-            )
+            yield lambda values: _log_metrics(run, values)
 
     def watch(self, hooks: Any) -> Any:
         """``hooks`` with each network's run around them, as a training stage's."""
@@ -97,6 +95,16 @@ class Record:
     def epoch_callbacks(self) -> list:
         """Keras callbacks logging each epoch to the open stage run (as `train_gates`'s)."""
         return [] if self.observer is None else [self.observer.tracking.epoch_logger()]
+
+
+def _log_metrics(run: Any, values: Mapping[str, Any]) -> None:
+    """Log what is finite; a logging failure is a warning, never a lost sweep (the
+    findings are written to the folder regardless).
+    """
+    try:
+        run.log_metrics({k: float(v) for k, v in values.items() if _finite(v)})
+    except Exception as err:
+        logger.warning("MLflow did not take the metrics (%s)", err)
 
 
 def _finite(v: Any) -> bool:

@@ -143,11 +143,12 @@ def setup(experiment: str, root: Path | None = None) -> str:
         client = MlflowClient()
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            exp_id = client.create_experiment(experiment, artifact_location=artifact_location(root))
+            where, tags = artifact_location(root), {KIND_TAG: KIND}
+            exp_id = client.create_experiment(experiment, artifact_location=where, tags=tags)
         else:
             exp_id = exp.experiment_id
-        if client.get_experiment(exp_id).tags.get(KIND_TAG) is None:
-            client.set_experiment_tag(exp_id, KIND_TAG, KIND)
+            if exp.tags.get(KIND_TAG) is None:  # made before the tag was set
+                client.set_experiment_tag(exp_id, KIND_TAG, KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
