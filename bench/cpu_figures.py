@@ -54,7 +54,8 @@ def stage_figures() -> None:
     """
     from mlflow.tracking import MlflowClient
 
-    from hmoe import paths, tracking
+    from hmoe import paths
+    from hmoe.observer import tracking
 
     tracking.mlflow.set_tracking_uri(tracking.tracking_uri(paths.repo_root()))
     client = MlflowClient()
@@ -84,7 +85,8 @@ def pipeline_runs() -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from hmoe import paths, tracking
+    from hmoe import paths
+    from hmoe.observer import tracking
 
     mlflow.set_tracking_uri(tracking.tracking_uri(paths.repo_root()))
     client = MlflowClient()
@@ -130,9 +132,9 @@ def pipeline_runs() -> None:
 def precision_speed(n_images: int) -> None:
     import keras
 
+    from hmoe.edge.runtime import resolve_precision
     from hmoe.params import load_params
     from hmoe.recipe import build_classifier, fit_classifier
-    from hmoe.runtime import resolve_precision
 
     p = load_params()
     rng = np.random.default_rng(0)

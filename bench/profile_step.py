@@ -31,10 +31,10 @@ import numpy as np
 import tensorflow as tf
 
 from hmoe.costs import multiply_adds
+from hmoe.edge.runtime import machine
 from hmoe.params import load_params
 from hmoe.recipe import build_network, make_optimizer
 from hmoe.resume import EpochBatches
-from hmoe.runtime import machine
 
 
 def timed(fn: Callable[[], object], reps: int) -> tuple[float, float]:

@@ -1,6 +1,7 @@
 """Training images/s of one network of the recipe, per wall second and per CPU second.
 
     python bench/train_speed.py [--images 8192] [--epochs 4] [--width 64] [--precision float32]
+                                [--jit-compile auto|true|false]
 
 Random images (speed only), the base's recipe from params.yaml (lookahead on from
 epoch 2), TensorFlow op determinism as in the stages. Prints one line per epoch and the
@@ -21,9 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
+from hmoe.edge.runtime import machine, setup
 from hmoe.params import load_params
 from hmoe.recipe import build_network, fit_classifier
-from hmoe.runtime import machine, setup
 
 
 class Timer(keras.callbacks.Callback):
@@ -50,9 +51,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--precision", default="float32")
+    ap.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto")
     args = ap.parse_args()
+    jit_compile = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     p = load_params()
-    p = dataclasses.replace(p, seed=0, train=dataclasses.replace(p.train, precision=args.precision))
+    train = dataclasses.replace(p.train, precision=args.precision, jit_compile=jit_compile)
+    p = dataclasses.replace(p, seed=0, train=train)
     _, _, jit, _ = setup(p)  # as a stage runs: seeds, determinism, precision
     cfg = dataclasses.replace(p.base, epochs=args.epochs)
     arch = p.net if args.width is None else dataclasses.replace(p.net, width=args.width)

@@ -45,7 +45,8 @@ def read_images(files: Sequence[Path]) -> tuple[np.ndarray, list[str]]:
 def load(uri: str):
     import mlflow
 
-    from hmoe import paths, tracking
+    from hmoe import paths
+    from hmoe.observer import tracking
 
     mlflow.set_tracking_uri(tracking.tracking_uri(paths.repo_root()))
     try:

@@ -25,7 +25,7 @@ tests/unit/test_frontier.py checks that the two agree.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +102,13 @@ def save_evidence(
     path: Path, splits: Mapping[str, SplitEvidence], class_ids: Mapping[str, Sequence[int]]
 ) -> None:
     """Write one configuration x seed's evidence (float16, compressed), atomically."""
+    atomic_write(path, evidence_writer(splits, class_ids))
+
+
+def evidence_writer(
+    splits: Mapping[str, SplitEvidence], class_ids: Mapping[str, Sequence[int]]
+) -> Callable[[Path], None]:
+    """A writer of the evidence file at the path it is given (a stage's store)."""
     arrays: dict[str, np.ndarray] = {}
     names = list(class_ids)
     for g in names:
@@ -117,13 +124,17 @@ def save_evidence(
         for g, spec, w in zip(names, ev.specialists, ev.gates, strict=True):
             arrays[f"{s}_specialist_{g}"] = _half(spec[:, list(class_ids[g])])
             arrays[f"{s}_gate_{g}"] = _half(w)
-    atomic_write(path, lambda tmp: np.savez_compressed(tmp, groups=np.asarray(names), **arrays))
+    return lambda tmp: np.savez_compressed(tmp, groups=np.asarray(names), **arrays)
 
 
 def load_evidence(path: Path) -> dict[str, SplitEvidence]:
     """A saved file's splits, in float32, specialists embedded into all classes again."""
     with np.load(path) as f:
-        a = {k: f[k] for k in f.files}
+        return evidence_from({k: f[k] for k in f.files})
+
+
+def evidence_from(a: Mapping[str, np.ndarray]) -> dict[str, SplitEvidence]:
+    """The splits of an evidence file's arrays (see :func:`load_evidence`)."""
     names = [str(g) for g in a["groups"]]
     ids = {g: [int(i) for i in a[f"class_ids_{g}"]] for g in names}
     found = {}
@@ -154,44 +165,10 @@ def _optional(arrays: Mapping[str, np.ndarray], key: str) -> np.ndarray | None:
     return arrays[key].astype(np.float32) if key in arrays else None
 
 
-@dataclass(frozen=True)
-class Evaluated:
-    """The evaluate step's result in a sweep, with the evidence saved beside its row."""
-
-    evaluation: object  # hmoe.steps.evaluate.Evaluation (imported lazily: it loads Keras)
-    evidence: dict[str, SplitEvidence]
-    class_ids: dict[str, list[int]]
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        return self.evaluation.metrics
-
-    @property
-    def labels(self) -> dict[str, np.ndarray]:
-        return self.evaluation.labels
-
-    def save(self, path: Path) -> None:
-        save_evidence(path, self.evidence, self.class_ids)
-
-
-def evidence_of(
-    mixed,
-    evaluation,
-    gates,
-    val: tuple[np.ndarray, np.ndarray],
-    second_model,
-    y_test: np.ndarray,
-) -> Evaluated:
-    """Val and test evidence of an evaluated mixture: test from what evaluate scored
-    (kept by ``mixed``, a mixture that keeps its outputs: ``hmoe.sweep``), val from the
-    gates step's frozen outputs, with the trained gates' weights and the second base run
-    there (the only networks run again: a few seconds).
+def labels_writer(labels: Mapping[str, np.ndarray], y: np.ndarray) -> Callable[[Path], None]:
+    """A writer of every predictor's test labels and the truth, so any paired statistic
+    can be recomputed later without retraining (a few kB).
     """
-    second_test = mixed.kept_network if second_model is not None else None
-    test = split_evidence(mixed.kept_outputs, evaluation.gate_weights, y_test, second_test)
-    out_val = gates.val_outputs
-    second_val = None if second_model is None else mixed.predict_network(second_model, val[0])
-    val_ev = split_evidence(out_val, mixed.gate_weights(out_val), val[1], second_val)
-    groups = mixed.groups
-    ids = {g: list(groups.class_ids(g)) for g in groups.names}
-    return Evaluated(evaluation, {"val": val_ev, "test": test}, ids)
+    arrays = {k: np.asarray(v, dtype=np.int8) for k, v in labels.items()}
+    arrays["y"] = np.asarray(y).astype(np.int8)
+    return lambda tmp: np.savez_compressed(tmp, **arrays)

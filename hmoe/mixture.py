@@ -9,9 +9,10 @@ Hard routing: p = p_{argmax r}. Soft routing: p = sum_g r_g * p_g.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -362,15 +363,17 @@ def load_mixture(
     tta: int = 0,
     gate_input: GateInput = PROBS,
     gates: bool = True,
+    read: Callable[[Path], Any] | None = None,
 ) -> Mixture:
     """The assembled mixture from its files (registered name -> path, as
-    :func:`hmoe.modelset.model_files` gives them or a logged pyfunc's artifacts).
+    :func:`hmoe.modelset.model_files` gives them or a logged pyfunc's artifacts), each
+    read by ``read`` (a stage's store; default: loaded from the file).
     ``gates=False`` loads the frozen experts and router only, for training the gates.
     """
     from hmoe import modelset
 
     def load(name: str):
-        return modelset.load_model(files[name])
+        return (read or modelset.load_model)(files[name])
 
     names = groups.names
     return Mixture(

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-
-import keras
+from typing import TYPE_CHECKING
 
 from hmoe import paths
+from hmoe.edge.store import READERS
+
+if TYPE_CHECKING:  # loaded where a network is read: importing the names loads no Keras
+    import keras
 
 BASE = "hmoe-base"
 SECOND_BASE = "hmoe-second-base"  # the two-network ensemble control, when asked for
@@ -41,8 +44,13 @@ def model_files(groups: Sequence[str], *, gates: bool = True) -> dict[str, Path]
 
 def load_model(path: Path) -> keras.Model:
     """Load one network with ``safe_mode=True`` (the custom layers are registered)."""
+    import keras
+
     import hmoe.recipe  # noqa: F401  registers the custom layers and the schedule
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} is missing: run `dvc repro` to build it")
     return keras.saving.load_model(path, safe_mode=True)
+
+
+READERS[".keras"] = load_model  # how a stage's file store reads a network

@@ -392,13 +392,18 @@ def _one_of(value: Any, allowed: tuple, key: str) -> None:
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted key -> value view of a params object, for logging to MLflow."""
-    if isinstance(obj, int) and prefix == "groups.":
-        return {"groups": obj}
+    """Dotted key -> value view of a params object or a nested mapping (a profile), the
+    key form MLflow logs and `-S` and `dvc exp show` use.
+    """
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
     if isinstance(obj, Groups):
         return {f"{prefix}{n}": ",".join(m) for n, m in obj.to_dict().items()}
     if dataclasses.is_dataclass(obj):
-        out: dict[str, Any] = {}
+        out = {}
         for f in dataclasses.fields(obj):
             out.update(flatten(getattr(obj, f.name), f"{prefix}{f.name}."))
         return out

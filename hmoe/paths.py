@@ -13,10 +13,14 @@ PARAMS = Path("params.yaml")
 DVC_YAML = Path("dvc.yaml")  # the pipeline's one declaration (read by hmoe.pipeline)
 
 PREPARED = Path("data/prepared")
-TRAIN = PREPARED / "train.npz"
-VAL = PREPARED / "val.npz"
-TEST = PREPARED / "test.npz"
-GATE = PREPARED / "gate.npz"
+
+
+def split(name: str) -> Path:
+    """A prepared split's file (the names are :data:`hmoe.steps.data.SPLIT_NAMES`)."""
+    return PREPARED / f"{name}.npz"
+
+
+TRAIN, GATE, VAL, TEST = split("train"), split("gate"), split("val"), split("test")
 
 MODELS = Path("models")
 BASE_MODEL = MODELS / "base.keras"
@@ -31,9 +35,13 @@ DATA_REPORT = REPORTS / "data.json"
 GROUPS = REPORTS / "groups.json"  # the partition every stage after `groups` uses
 SPECIALIST_METRICS = REPORTS / "train_specialists" / "metrics.json"
 SPECIALIST_HISTORY = REPORTS / "train_specialists" / "history"
+GATES_METRICS = REPORTS / "train_gates" / "metrics.json"
 METRICS = REPORTS / "metrics.json"  # the headline only: the one DVC metric
 EVAL = REPORTS / "eval"
 EVAL_DETAILS = EVAL / "details.json"  # every other test figure: controls, statistics, costs
+EVIDENCE = EVAL / "evidence.npz"  # every network's probabilities on val and test (hmoe.evidence)
+LABELS = EVAL / "labels.npz"  # every predictor's test labels and the truth
+GATES_VAL_EVIDENCE = REPORTS / "train_gates" / "val_evidence.npz"  # evaluate's val evidence
 CONFUSION = EVAL / "confusion.csv"
 PER_CLASS = EVAL / "per_class.csv"
 REPORT = REPORTS / "report"

@@ -16,18 +16,7 @@ from typing import Any
 import yaml
 
 from hmoe import paths
-from hmoe.params import parse_params
-
-
-def dotted(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> {"a.b.c": value}, the key form `-S` and `dvc exp show` use."""
-    out: dict[str, Any] = {}
-    for key, value in nested.items():
-        if isinstance(value, Mapping):
-            out |= dotted(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+from hmoe.params import flatten, parse_params
 
 
 def merged(base: Mapping[str, Any], profile: Mapping[str, Any]) -> dict[str, Any]:
@@ -47,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: python -m hmoe.profile PROFILE.yaml")
     profile = yaml.safe_load(Path(args[0]).read_text()) or {}
     parse_params(merged(yaml.safe_load(paths.PARAMS.read_text()), profile))
-    flags = [f"-S {k}={yaml.safe_dump(v).splitlines()[0]}" for k, v in dotted(profile).items()]
+    flags = [f"-S {k}={yaml.safe_dump(v).splitlines()[0]}" for k, v in flatten(profile).items()]
     print(" ".join(flags))  # noqa: T201  (output is meant for the shell)
 
 

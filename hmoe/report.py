@@ -9,8 +9,8 @@ what it takes from MLflow (the parent run, stage wall times) is passed in.
 
 from __future__ import annotations
 
+import functools
 import html
-import json
 import logging
 import os
 import subprocess
@@ -23,7 +23,6 @@ import pandas as pd
 import yaml
 
 from hmoe import gitrev, paths
-from hmoe.data.storage import atomic_write
 from hmoe.metrics import per_class_accuracy
 from hmoe.params import Params, ParamsError, flatten, parse_params
 from hmoe.report_figures import (
@@ -36,6 +35,7 @@ from hmoe.report_figures import (
 
 if TYPE_CHECKING:
     from hmoe.groups import Groups
+    from hmoe.pipeline import Stage
     from hmoe.steps.evaluate import Evaluation
 
 logger = logging.getLogger(__name__)
@@ -91,18 +91,20 @@ def write_report(
     partition: Mapping[str, Sequence[str]] | None = None,
     partition_source: str = "params",
     provenance: Mapping[str, str] | None = None,
-) -> list[Path]:
-    """The figures, report.md and report.html: provenance first, then the results with
-    their intervals and costs, then the captioned figures.
+) -> dict[Path, Any]:
+    """The figures, report.md and report.html, by path (each a writer or its text, for
+    a stage's store): provenance first, then the results with their intervals and
+    costs, then the captioned figures.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     figures = {
         "confusion.png": confusion_figure(y, base_pred, mix_pred, classes),
         "per_class.png": per_class_figure(y, base_pred, mix_pred, classes),
         "curves.png": curves_figure(histories),
         "routing_gates.png": routing_gates_figure(y, router_probs, gate_ws, classes, group_names),
     }
-    written = [save_figure(f, out_dir / name) for name, f in figures.items()]
+    written: dict[Path, Any] = {
+        out_dir / name: functools.partial(save_figure, f) for name, f in figures.items()
+    }
     prov = list((provenance or {}).items())
     md = ["# hmoe report", "", "## Provenance", "", "| what | value |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in prov]
@@ -119,10 +121,8 @@ def write_report(
     md += ["", "## Figures"]
     for name in figures:
         md += ["", f"![{name}]({name})", "", f"*{CAPTIONS.get(name, name)}*"]
-    (out_dir / "report.md").write_text("\n".join(md) + "\n")
-    (out_dir / "report.html").write_text(_html(md))
-    written += [out_dir / "report.md", out_dir / "report.html"]
-    logger.info("report written to %s", out_dir)
+    written[out_dir / "report.md"] = "\n".join(md) + "\n"
+    written[out_dir / "report.html"] = _html(md)
     return written
 
 
@@ -191,13 +191,6 @@ def _lift_table(metrics: Mapping[str, float], best_control: str | None) -> list[
     return lines if len(lines) > 5 else []
 
 
-def read_histories(files: Mapping[str, Path]) -> dict[str, pd.DataFrame]:
-    """The epoch logs of the networks this run trained (label -> history CSV); a
-    missing file (a network not trained, e.g. no second base) is left out.
-    """
-    return {name: pd.read_csv(path) for name, path in files.items() if Path(path).is_file()}
-
-
 def _html(md: Sequence[str]) -> str:
     """A small, dependency-free rendering of the report's Markdown lines: headings,
     tables, figures with captions.
@@ -246,9 +239,11 @@ def _html(md: Sequence[str]) -> str:
 # -- the evaluate stage's files and provenance ---------------------------------------
 
 
-def write_plot_tables(y: np.ndarray, labels: Mapping[str, np.ndarray], classes: list[str]) -> None:
-    """DVC's plot tables: confusion rows (its `confusion` template) and per-class
-    accuracy of the base and the mixture.
+def plot_tables(
+    y: np.ndarray, labels: Mapping[str, np.ndarray], classes: list[str]
+) -> dict[Path, Any]:
+    """DVC's plot tables, as writers by path: confusion rows (its `confusion` template)
+    and per-class accuracy of the base and the mixture.
     """
     names = np.asarray(classes)
     confusion_rows = pd.DataFrame({"actual": names[y], "predicted": names[labels["mixture"]]})
@@ -259,29 +254,35 @@ def write_plot_tables(y: np.ndarray, labels: Mapping[str, np.ndarray], classes: 
             "mixture": per_class_accuracy(y, labels["mixture"], len(classes)),
         }
     )
-    atomic_write(paths.CONFUSION, lambda tmp: confusion_rows.to_csv(tmp, index=False))
-    atomic_write(
-        paths.PER_CLASS, lambda tmp: per_class.to_csv(tmp, index=False, float_format="%.4f")
-    )
+    return {
+        paths.CONFUSION: lambda tmp: confusion_rows.to_csv(tmp, index=False),
+        paths.PER_CLASS: lambda tmp: per_class.to_csv(tmp, index=False, float_format="%.4f"),
+    }
 
 
-def history_files(groups: Groups) -> dict[str, Path]:
-    """The epoch logs of the networks this run trained, one figure panel each."""
-    files = {"base": paths.stage_reports("train_base") / "history.csv"}
-    if paths.SECOND_BASE_MODEL.is_file():
-        files["second base"] = paths.stage_reports("train_second_base") / "history.csv"
-    files |= {f"specialist {g}": paths.specialist_history(g) for g in groups.names}
-    files["router"] = paths.stage_reports("train_router") / "history.csv"
-    return files
-
-
-def write_run_report(
-    result: Evaluation, y: np.ndarray, groups: Groups, provenance: Mapping[str, str]
-) -> list[Path]:
-    """The pipeline run's report (reports/report/) from the evaluation and the files
-    the earlier stages wrote (groups, epoch logs).
+def history_deps(stage: Stage) -> dict[str, Path]:
+    """The epoch logs ``stage`` reads (dvc.yaml's deps named history), by the stage that
+    wrote them: one figure panel per network. No list of stages here: a new training
+    stage's log is drawn once evaluate lists it.
     """
-    record = json.loads(paths.GROUPS.read_text())
+    found = {}
+    for dep in map(Path, stage.deps):
+        if dep.name in ("history.csv", "history"):
+            found[dep.parent.name.removeprefix("train_").replace("_", " ")] = dep
+    return found
+
+
+def run_report(
+    result: Evaluation,
+    y: np.ndarray,
+    groups: Groups,
+    record: Mapping[str, Any],
+    histories: Mapping[str, pd.DataFrame],
+    provenance: Mapping[str, str],
+) -> dict[Path, Any]:
+    """The pipeline run's report (reports/report/) from the evaluation, the groups'
+    record and the networks' epoch logs (label -> table; an empty one is left out).
+    """
     return write_report(
         paths.REPORT,
         metrics=result.metrics,
@@ -292,7 +293,7 @@ def write_run_report(
         gate_ws=result.gate_weights,
         classes=list(groups.classes),
         group_names=groups.names,
-        histories=read_histories(history_files(groups)),
+        histories={k: v for k, v in histories.items() if len(v)},
         best_control=result.best_control,
         partition=groups.to_dict(),
         partition_source=record["source"],
@@ -300,20 +301,22 @@ def write_run_report(
     )
 
 
-def provenance(params: Params, parent: str, walls: Mapping[str, float]) -> dict[str, str]:
-    """Which run, code, params, data, machine and runtime the report comes from;
-    ``parent`` (the MLflow parent run) and ``walls`` (stage wall seconds) come from
-    the tracking store.
+def provenance(
+    params: Params, data: Mapping[str, Any], parent: str, walls: Mapping[str, float]
+) -> dict[str, str]:
+    """Which run, code, params, data (``prepare``'s record), machine and runtime the
+    report comes from; ``parent`` (the MLflow parent run) and ``walls`` (stage wall
+    seconds) come from the tracking store.
     """
     import keras
 
-    from hmoe import runtime
+    from hmoe.edge import runtime
+    from hmoe.edge.runtime import resolve_jit
 
-    data = json.loads(paths.DATA_REPORT.read_text())
     run = os.environ.get("DVC_EXP_NAME")
     commit = gitrev.commit()[:10]
     changed = changed_params(params)
-    compiled = runtime.resolve_jit(params.train.jit_compile)[0]
+    compiled = resolve_jit(params.train.jit_compile)[0]
     policy = keras.mixed_precision.global_policy().name
     return {
         "run": f"DVC experiment {run} (baseline {commit})" if run else f"commit {commit}",

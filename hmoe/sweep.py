@@ -1,4 +1,4 @@
-"""Sweep configurations x seeds through the pipeline's own steps, in one process.
+"""Sweep configurations x seeds through the pipeline's own stages, in one process.
 
     python -m hmoe.sweep sweeps/hierarchy.yaml --seeds 3 --out sweeps/out
 
@@ -13,11 +13,12 @@ the reference configuration and the configurations, each a set of params overrid
       default: {}
       finetuned: {specialists: {start: base, epochs: 2, learning_rate: 0.2}}
 
-Every configuration x seed runs the steps the DVC stages run (:mod:`hmoe.steps`):
-prepare, base, groups, specialists, router, gates, evaluate. A network whose params
-are identical across configurations (the same seed's base, say) is trained once and
-reused, as DVC's run cache would. With MLflow importable, each configuration x seed is
-a parent run tagged ``sweep`` with a child per step. The output folder gets
+Every configuration x seed runs dvc.yaml's stages in its order, each the function that
+`dvc repro` runs (``stages/<name>.py``, :mod:`hmoe.edge.run`), on values in memory. A
+stage whose params and inputs are identical across configurations (the same seed's
+base, say) runs once and is reused, as DVC's run cache would. With MLflow importable,
+each configuration x seed is recorded as a `dvc exp run` is (a parent with every
+param, a child run per stage or network), tagged ``sweep``. The output folder gets
 ``findings.csv`` (one row per configuration x seed, written as each finishes: a
 rerun skips the rows already there), beside each row its test labels (``labels/``) and
 every network's per-image probabilities on val and test (``evidence/``,
@@ -47,12 +48,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from hmoe import gitrev, paths
 from hmoe.data.storage import atomic_write
 from hmoe.findings import write_findings
+from hmoe.observer.sweep import Record, sweep_id
 from hmoe.params import ParamsError
 from hmoe.profile import merged
 from hmoe.sweep_plan import (
@@ -65,8 +66,7 @@ from hmoe.sweep_plan import (
     reuse_groups,
     shared_params,
 )
-from hmoe.sweep_record import Record, sweep_id
-from hmoe.sweep_runner import Runner, prepare_data, run_pair, set_threads
+from hmoe.sweep_runner import Done, Runner, prepare_data, run_pair, set_threads
 
 logger = logging.getLogger("hmoe.sweep")
 
@@ -75,7 +75,7 @@ def run_sweep(
     spec: SweepSpec, out: Path, *, track: bool = True, threads: int | None = None
 ) -> pd.DataFrame:
     """Run every configuration x seed not yet in ``out``/findings.csv; write findings."""
-    from hmoe import runtime
+    from hmoe.edge import runtime
 
     done = finished_rows(out)
     first = shared_params(spec)
@@ -84,15 +84,15 @@ def run_sweep(
     policy, why, jit, jit_why = runtime.setup(first)
     logger.info("precision %s (%s), compiled %s (%s)", policy, why, jit, jit_why)
     start = time.perf_counter()
-    splits, digest = prepare_data(spec.raw)
+    prepared, digest = prepare_data(spec.raw)
     record = Record(first.mlflow.experiment, track, sweep_id(out), digest)
-    runner = Runner(splits, record)
+    runner = Runner(prepared, record)
     logger.info("data prepared in %.1f s", time.perf_counter() - start)
     rows = done.to_dict("records")
     provenance = {"commit": gitrev.commit(short=True), "machine": runtime.machine()}
     for pair in pairs:
         row = run_pair(runner, pair, provenance)
-        add_row(rows, row, runner.evaluated, out, runner.splits["test"][1])
+        add_row(rows, row, runner.files, out)
     return finish(rows, out, spec.reference, start)
 
 
@@ -113,17 +113,18 @@ class TaskSetup:
 
 def run_group(
     pairs: Sequence[Pair],
-    splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    prepared: Done,
     where: Mapping[str, Any],
     *,
     setup: TaskSetup,
-) -> list[tuple[dict[str, Any], Any]]:
-    """A reuse group in a worker process: (row, its evaluation) per pair. ``where`` (node,
-    attempt, process id) goes on each MLflow parent run; node and attempt on each row.
+) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+    """A reuse group in a worker process: (row, its labels and evidence) per pair.
+    ``where`` (node, attempt, process id) goes on each MLflow parent run; node and
+    attempt on each row.
     """
     import os
 
-    from hmoe import runtime
+    from hmoe.edge import runtime
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     set_threads(setup.threads)  # before TensorFlow's first op
@@ -133,14 +134,14 @@ def run_group(
     record = Record(
         setup.experiment, setup.tracking_uri is not None, setup.sweep_id, setup.data_digest
     )
-    runner = Runner(dict(splits), record)
+    runner = Runner(prepared, record)
     provenance = {"commit": setup.commit, "machine": runtime.machine()}
     tags = {k: str(v) for k, v in where.items()}
     results = []
     for pair in pairs:
         row = run_pair(runner, pair, provenance, tags)
         row |= {"node": where["node"], "attempt": where["attempt"]}
-        results.append((row, runner.evaluated))
+        results.append((row, runner.files))
     return results
 
 
@@ -160,19 +161,19 @@ def run_sweep_ray(spec: SweepSpec, out: Path, options: Any, *, track: bool = Tru
     if groups:
         logger.info("%d reuse group(s): one Ray task each", len(groups))
         uri = _tracking_uri(first.mlflow.experiment, track, remote=bool(options.address))
-        splits, digest = prepare_data(spec.raw)
+        prepared, digest = prepare_data(spec.raw)
         commit = gitrev.commit(short=True)
         setup = TaskSetup(options.cpus, uri, first.mlflow.experiment, sweep_id(out), commit, digest)
         task = functools.partial(run_group, setup=setup)
         failed = []
-        for group, result in sweep_ray.run_tasks(task, groups, splits, options, out):
+        for group, result in sweep_ray.run_tasks(task, groups, prepared, options, out):
             if isinstance(result, Exception):
                 names = ", ".join(f"{p.config} seed {p.seed}" for p in group)
                 logger.error("%s failed: %s", names, result)
                 failed.append(names)
                 continue
-            for row, evaluated in result:
-                add_row(rows, row, evaluated, out, splits["test"][1])
+            for row, files in result:
+                add_row(rows, row, files, out)
         if failed:
             raise SweepError(
                 f"{len(failed)} task(s) failed ({'; '.join(failed)}); the finished rows "
@@ -188,7 +189,7 @@ def _tracking_uri(experiment: str, track: bool, remote: bool) -> str | None:
     if not track:
         return None
     try:
-        from hmoe import tracking
+        from hmoe.observer import tracking
     except ImportError:
         logger.info("MLflow is not installed: the sweep is logged to its folder only")
         return None
@@ -204,19 +205,16 @@ def _tracking_uri(experiment: str, track: bool, remote: bool) -> str | None:
 
 
 def add_row(
-    rows: list[dict[str, Any]],
-    row: dict[str, Any],
-    evaluated: Any,
-    out: Path,
-    y: np.ndarray,
+    rows: list[dict[str, Any]], row: dict[str, Any], files: Mapping[str, bytes], out: Path
 ) -> None:
     """Append a finished row and rewrite findings.csv (nothing lost on a crash), with
-    the row's test labels and every network's probabilities (:mod:`hmoe.evidence`)
-    beside it, written first: a row in the CSV always has its files.
+    the row's test labels and every network's probabilities (:mod:`hmoe.evidence`),
+    as evaluate wrote them, beside it, written first: a row in the CSV always has its
+    files.
     """
     name, seed = row["config"], row["seed"]
-    save_labels(out / "labels" / f"{name}-s{seed}.npz", evaluated.labels, y)
-    evaluated.save(out / "evidence" / f"{name}-s{seed}.npz")
+    for folder, data in files.items():  # labels/, evidence/
+        atomic_write(out / folder / f"{name}-s{seed}.npz", lambda tmp, d=data: tmp.write_bytes(d))
     rows.append(row)
     frame = pd.DataFrame(rows)  # replaced whole: a kill leaves the old file or the new one
     atomic_write(out / "findings.csv", lambda tmp: frame.to_csv(tmp, index=False))
@@ -232,15 +230,6 @@ def finish(rows: list[dict[str, Any]], out: Path, reference: str, start: float) 
     write_findings(frame, out, reference)
     logger.info("sweep done in %.1f s: %s", time.perf_counter() - start, out / "findings.md")
     return frame
-
-
-def save_labels(path: Path, labels: Mapping[str, np.ndarray], y: np.ndarray) -> None:
-    """Every predictor's test labels and the truth, so any paired statistic can be
-    recomputed later without retraining (a few kB per configuration x seed).
-    """
-    arrays = {k: np.asarray(v, dtype=np.int8) for k, v in labels.items()}
-    arrays["y"] = np.asarray(y).astype(np.int8)
-    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 RAY_ONLY = ("address", "gpus_per_task", "cpus_per_task", "memory_per_task", "max_retries")
@@ -300,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _main_ray(spec: SweepSpec, args: argparse.Namespace) -> pd.DataFrame:
     """The Ray engine, its errors on one line (no traceback for what the user can fix)."""
     from hmoe import sweep_ray
-    from hmoe.tracking import TrackingUnavailable
+    from hmoe.observer.tracking import TrackingUnavailable
 
     try:
         options = sweep_ray.RayOptions.from_args(args)

@@ -120,7 +120,7 @@ def pending_pairs(spec: SweepSpec, done: pd.DataFrame) -> list[Pair]:
 def reuse_groups(pairs: Sequence[Pair]) -> list[list[Pair]]:
     """The pairs that share a network, together, in order: what one worker must run so
     that every network is still trained once. Two pairs share one when a stage past
-    `prepare` (done once, by the caller) has the same key under both; with today's
+    the first (`prepare`, done once by the caller) has the same key under both; with today's
     dvc.yaml that is exactly when their `train_base` keys are equal (the same seed and
     base params), as every other network's key holds the base's params or key.
     """
@@ -136,9 +136,8 @@ def reuse_groups(pairs: Sequence[Pair]) -> list[list[Pair]]:
 
     first_with: dict[tuple, int] = {}
     for i, pair in enumerate(pairs):
-        for name, key in stage_keys(pair.params, stages).items():
-            if name != "prepare":
-                root[find(i)] = find(first_with.setdefault((name, key), i))
+        for name, key in list(stage_keys(pair.params, stages).items())[1:]:
+            root[find(i)] = find(first_with.setdefault((name, key), i))
     groups: dict[int, list[Pair]] = {}
     for i, pair in enumerate(pairs):
         groups.setdefault(find(i), []).append(pair)

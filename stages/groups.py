@@ -9,30 +9,26 @@ from __future__ import annotations
 
 import logging
 
-from hmoe import edge, observer, paths, runtime
-from hmoe.data.storage import write_json
+from hmoe import paths
+from hmoe.edge.run import Stage, main
 from hmoe.steps.groups import learn_groups
 
-STAGE = "groups"
 logger = logging.getLogger("hmoe.groups")
 
 
-def main() -> None:
-    params = edge.init(STAGE)
-    splits, base = {}, None
-    if params.learned_groups:  # groups: N, from the base's confusions on val
-        from hmoe import modelset  # loads Keras
+def run(stage: Stage) -> None:
+    base, val = None, ()
+    if stage.params.learned_groups:  # groups: N, from the base's confusions on val
+        from hmoe import modelset  # noqa: F401  reads the base (loads Keras)
 
-        params = runtime.init(STAGE)
-        splits = {"val": edge.read_split("val")}
-        base = modelset.load_model(paths.BASE_MODEL)
-    with observer.stage(STAGE, params, splits) as run:
-        val = splits["val"].arrays if splits else ()
-        _, record = learn_groups(params, base, val)
-        write_json(paths.GROUPS, record)
-        run.log_dict(record, "groups.json")
+        stage.start_keras()
+        val = stage.split(paths.VAL)
+        base = stage.read(paths.BASE_MODEL)
+    _, record = learn_groups(stage.params, base, val)
+    stage.write(paths.GROUPS, record)
+    stage.record.log_dict(record, "groups.json")
     logger.info("groups (%s): %s", record["source"], record["groups"])
 
 
 if __name__ == "__main__":
-    main()
+    main(__file__)

@@ -1,33 +1,31 @@
-"""Stage `prepare`: read `data.source`, verify it, write train/gate/val/test splits."""
+"""Stage `prepare`: read `data.source`, verify it, write the train/gate/val/test splits."""
 
 from __future__ import annotations
 
 import logging
 
-from hmoe import edge, observer, paths
-from hmoe.data import load_source, save_split
-from hmoe.data.storage import write_json
+from hmoe import paths
+from hmoe.data import load_source
+from hmoe.edge.run import Stage, main
+from hmoe.edge.start import resolve_source
 from hmoe.steps.data import prepare
 
 logger = logging.getLogger("hmoe.prepare")
-STAGE = "prepare"
+LOGGED = ("train", "gate", "val")  # the datasets its run records (test: evaluate's alone)
 
 
-def main() -> None:
-    params = edge.init(STAGE)  # a DataError: one line, exit 2
-    prepared = prepare(load_source(edge.resolve_source(params.data.source)), params.data)
-    splits = {}
+def run(stage: Stage) -> None:
+    data = stage.params.data
+    prepared = prepare(load_source(resolve_source(data.source)), data)  # DataError: exit 2
     for name, (x, y) in prepared.splits.items():
-        path = edge.SPLIT_FILES[name]
-        save_split(path, x, y)
-        splits[name] = edge.SplitFile(name, path, x, y)
-        logger.info("prepare: %s split %d images -> %s", name, len(x), path)
-    write_json(paths.DATA_REPORT, prepared.report)
-    logged = {k: splits[k] for k in ("train", "gate", "val")}  # test: evaluate's alone
-    with observer.stage(STAGE, params, logged) as run:
-        run.log_metrics({f"{k}_images": v for k, v in prepared.report["sizes"].items()})
-        run.log_dict(prepared.report, "data.json")
+        stage.write(paths.split(name), (x, y))
+        logger.info("prepare: %s split %d images -> %s", name, len(x), paths.split(name))
+        if name in LOGGED:
+            stage.dataset(paths.split(name), x, y)
+    stage.write(paths.DATA_REPORT, prepared.report)
+    stage.log_metrics({f"{k}_images": v for k, v in prepared.report["sizes"].items()})
+    stage.record.log_dict(prepared.report, "data.json")
 
 
 if __name__ == "__main__":
-    main()
+    main(__file__)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from hmoe import edge, modelset, observer, paths, runtime, stage_hooks
+from hmoe import modelset, paths
+from hmoe.edge.networks import Network, NetworkHooks
+from hmoe.edge.run import Stage, main
 from hmoe.steps.experts import train_base
 
-STAGE = "train_base"
+REPORTS = paths.stage_reports("train_base")
+BASE = Network(paths.BASE_MODEL, REPORTS / "history.csv", REPORTS / "metrics.json", modelset.BASE)
 
 
-def main() -> None:
-    params = runtime.init(STAGE)
-    splits = {name: edge.read_split(name) for name in ("train", "val")}
-    hooks = stage_hooks.one_network(STAGE, params, "base", paths.BASE_MODEL, modelset.BASE, splits)
-    hooks = observer.watch(hooks)
-    train_base(params, splits["train"].arrays, splits["val"].arrays, hooks=hooks)
+def run(stage: Stage) -> None:
+    stage.start_keras()
+    train, val = stage.split(paths.TRAIN), stage.split(paths.VAL)
+    train_base(stage.params, train, val, hooks=NetworkHooks(stage, {"base": BASE}))
 
 
 if __name__ == "__main__":
-    main()
+    main(__file__)

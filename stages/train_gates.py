@@ -1,30 +1,31 @@
 """Stage `train_gates`: one gate per group, experts and router frozen
 (:func:`hmoe.steps.gates.train_gates`): fitted on the held-out gate split (or, as the
-in-sample control, `gates.fit_on: train`), early-stopped on val.
+in-sample control, `gates.fit_on: train`), early-stopped on val. Writes the gates, their
+epoch log and metrics, and the frozen networks' evidence on val (:mod:`hmoe.evidence`).
 """
 
 from __future__ import annotations
 
-import keras
+import tempfile
+from pathlib import Path
 
-from hmoe import edge, modelset, observer, paths, runtime
-from hmoe.data.storage import write_json
+from hmoe import modelset, paths
+from hmoe.edge.run import Stage, main
+from hmoe.evidence import evidence_writer, split_evidence
 from hmoe.gates import GateInput
 from hmoe.mixture import load_mixture
 from hmoe.steps.gates import gate_fit_split, train_gates
 
-STAGE = "train_gates"
+REPORTS = paths.stage_reports("train_gates")
 
 
-def main() -> None:
-    params = runtime.init(STAGE)
-    groups = edge.read_groups()
-    fit_on = params.gates.fit_on
-    seen = GateInput(params.gates.inputs)
-    splits = {name: edge.read_split(name) for name in ("gate", "val")}
-    train = edge.read_split("train").arrays if fit_on == "train" else None
-    fit = gate_fit_split(fit_on, splits["gate"].arrays, train)
-    logged = {fit_on: edge.read_split("train") if fit_on == "train" else splits["gate"]}
+def run(stage: Stage) -> None:
+    stage.start_keras()
+    params, groups = stage.params, stage.read_groups()
+    fit_on, seen = params.gates.fit_on, GateInput(params.gates.inputs)
+    gate = stage.split(paths.GATE, logged=fit_on == "gate")
+    train = stage.split(paths.TRAIN) if fit_on == "train" else None
+    val = stage.split(paths.VAL)
     experts = load_mixture(
         groups,
         modelset.model_files(groups.names, gates=False),
@@ -33,23 +34,28 @@ def main() -> None:
         gate_input=seen,
         gates=False,
         router_fusion=params.mixture.router_fusion,
+        read=stage.read,
     )
-    reports = paths.stage_reports(STAGE)
-    reports.mkdir(parents=True, exist_ok=True)
-    with observer.stage(STAGE, params, logged | {"val": splits["val"]}) as run:
-        epoch_log = keras.callbacks.CSVLogger(str(reports / "history.csv"))
-        callbacks = [*run.callbacks(), epoch_log]
-        trained = train_gates(
-            params, groups, experts, fit, splits["val"].arrays, callbacks=callbacks
-        )
-        for g, gate in zip(groups.names, trained.gates, strict=True):
-            edge.save_model(gate, paths.gate_model(g))
-        write_json(reports / "metrics.json", trained.summary)
-        run.log_metrics({f"final_{k}": v for k, v in trained.summary.items()})
-        for i, (g, gate) in enumerate(zip(groups.names, trained.gates, strict=True)):
-            example = trained.val_outputs.for_gate(i, seen)[:4]
-            run.register_network(gate, modelset.gate_name(g), example, paths.gate_model(g))
+    run = stage.record
+    with tempfile.TemporaryDirectory() as tmp:
+        import keras
+
+        epoch_log = Path(tmp) / "history.csv"
+        callbacks = [*run.callbacks(), keras.callbacks.CSVLogger(str(epoch_log))]
+        fit = gate_fit_split(fit_on, gate, train)
+        trained = train_gates(params, groups, experts, fit, val, callbacks=callbacks)
+        stage.write(REPORTS / "history.csv", epoch_log.read_bytes())
+    for g, model in zip(groups.names, trained.gates, strict=True):
+        stage.write(paths.gate_model(g), model)
+    stage.write(REPORTS / "metrics.json", trained.summary)
+    stage.log_metrics({f"final_{k}": v for k, v in trained.summary.items()})
+    ids = {g: list(groups.class_ids(g)) for g in groups.names}
+    evidence = split_evidence(trained.val_outputs, trained.val_weights, val[1], None)
+    stage.write(paths.GATES_VAL_EVIDENCE, evidence_writer({"val": evidence}, ids))
+    for i, (g, model) in enumerate(zip(groups.names, trained.gates, strict=True)):
+        example = trained.val_outputs.for_gate(i, seen)[:4]
+        stage.register(model, modelset.gate_name(g), paths.gate_model(g), example=example)
 
 
 if __name__ == "__main__":
-    main()
+    main(__file__)

@@ -5,25 +5,25 @@ By default a head on the frozen base trunk (`router.start: head`): one cheap pas
 
 from __future__ import annotations
 
-from hmoe import edge, modelset, observer, paths, runtime, stage_hooks
+from hmoe import modelset, paths
+from hmoe.edge.networks import Network, NetworkHooks, base_for
+from hmoe.edge.run import Stage, main
 from hmoe.steps.experts import train_router
 
-STAGE = "train_router"
+REPORTS = paths.stage_reports("train_router")
+ROUTER = Network(
+    paths.ROUTER_MODEL, REPORTS / "history.csv", REPORTS / "metrics.json", modelset.ROUTER
+)
 
 
-def main() -> None:
-    params = runtime.init(STAGE)
-    groups = edge.read_groups()
-    base = stage_hooks.load_base(params.router.init_from_base)
-    splits = {name: edge.read_split(name) for name in ("train", "val")}
-    hooks = stage_hooks.one_network(
-        STAGE, params, "router", paths.ROUTER_MODEL, modelset.ROUTER, splits
-    )
-    hooks = observer.watch(hooks)
-    train_router(
-        params, groups, splits["train"].arrays, splits["val"].arrays, base=base, hooks=hooks
-    )
+def run(stage: Stage) -> None:
+    stage.start_keras()
+    groups = stage.read_groups()
+    base = base_for(stage, stage.params.router.init_from_base)
+    train, val = stage.split(paths.TRAIN), stage.split(paths.VAL)
+    hooks = NetworkHooks(stage, {"router": ROUTER})
+    train_router(stage.params, groups, train, val, base=base, hooks=hooks)
 
 
 if __name__ == "__main__":
-    main()
+    main(__file__)

@@ -3,47 +3,40 @@
 With `controls.second_base: true` it trains a base of the same recipe with another
 seed; `evaluate` then scores the average of the two bases as a control, the fair
 comparison for a mixture that also runs more than one network. Otherwise it writes
-only a note, without starting Keras: the folder must exist for DVC either way.
+only a note (and an epoch log with no epochs), without starting Keras: DVC's outputs
+must exist either way.
 """
 
 from __future__ import annotations
 
 import logging
 
-from hmoe import edge, observer, paths, runtime
-from hmoe.data.storage import write_json
-from hmoe.params import Params
+from hmoe import modelset, paths
+from hmoe.edge.networks import Network, NetworkHooks
+from hmoe.edge.run import Stage, main
 
-STAGE = "train_second_base"
 logger = logging.getLogger("hmoe.second_base")
+REPORTS = paths.stage_reports("train_second_base")
+SECOND = Network(
+    paths.SECOND_BASE_MODEL, REPORTS / "history.csv", REPORTS / "metrics.json", modelset.SECOND_BASE
+)
+NOTE = "controls.second_base is false: no two-network ensemble control\n"
 
 
-def main() -> None:
-    params = edge.init(STAGE)
-    paths.SECOND_BASE.mkdir(parents=True, exist_ok=True)
-    if not params.controls.second_base:
-        (paths.SECOND_BASE / "NOT_TRAINED").write_text(
-            "controls.second_base is false: no two-network ensemble control\n"
-        )
-        write_json(paths.stage_reports(STAGE) / "metrics.json", {"trained": 0})
+def run(stage: Stage) -> None:
+    if not stage.params.controls.second_base:
+        stage.write(paths.SECOND_BASE / "NOT_TRAINED", NOTE)
+        stage.write(SECOND.history, "epoch\n")
+        stage.write(SECOND.metrics, {"trained": 0})
         logger.info("second base not asked for (controls.second_base: false)")
         return
-    train(runtime.init(STAGE))
+    from hmoe.steps.experts import train_base  # loads Keras
 
-
-def train(params: Params) -> None:
-    """The second base, with the first one's recipe and its own seed."""
-    from hmoe import modelset, stage_hooks  # these load Keras
-    from hmoe.steps.experts import train_base
-
-    splits = {name: edge.read_split(name) for name in ("train", "val")}
-    hooks = observer.watch(
-        stage_hooks.one_network(
-            STAGE, params, "second_base", paths.SECOND_BASE_MODEL, modelset.SECOND_BASE, splits
-        )
-    )
-    train_base(params, splits["train"].arrays, splits["val"].arrays, hooks=hooks, second=True)
+    stage.start_keras()
+    train, val = stage.split(paths.TRAIN), stage.split(paths.VAL)
+    hooks = NetworkHooks(stage, {"second_base": SECOND})
+    train_base(stage.params, train, val, hooks=hooks, second=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(__file__)

@@ -12,7 +12,7 @@ import numpy as np
 from hmoe.controls import FAIR_CONTROLS, ROUTED, all_probs
 from hmoe.costs import multiply_adds
 from hmoe.metrics import HEADLINE, accuracy, specialist_accuracy
-from hmoe.mixture import Mixture, group_marginal, tta_views
+from hmoe.mixture import Mixture, Outputs, group_marginal, tta_views
 from hmoe.stats import compare
 
 
@@ -23,6 +23,8 @@ class Evaluation:
     labels: dict[str, np.ndarray]  # predicted labels: mixture, every routing and control
     router_probs: np.ndarray  # (N, G)
     gate_weights: list[np.ndarray]  # per group (N, 2): weight on base, on specialist
+    outputs: Outputs  # every network's dense outputs, as scored (the evidence's)
+    second_base: np.ndarray | None  # the second base's probabilities, when trained
 
     @property
     def headline(self) -> dict[str, float]:
@@ -76,7 +78,7 @@ def evaluate(
     paired, best = paired_metrics(labels, y, seed)
     metrics |= paired
     headline = {k: metrics[k] for k in HEADLINE if k in metrics}
-    return Evaluation(headline | metrics, best, labels, out.router, weights)
+    return Evaluation(headline | metrics, best, labels, out.router, weights, out, second)
 
 
 def paired_metrics(

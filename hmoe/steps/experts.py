@@ -1,8 +1,8 @@
 """Steps `train_base`, `train_specialists` and `train_router`: the frozen networks.
 
 Randomness: layers built with no explicit seed draw from Keras's global generators,
-which the caller seeds (:func:`hmoe.runtime.init` in a stage, the sweep before each
-step); the second base reseeds with its own seed, as its own network.
+which the caller seeds (:func:`hmoe.edge.runtime.setup`, before each stage); the second
+base reseeds with its own seed, as its own network.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from hmoe.metrics import summarise_history
 from hmoe.params import NetParams, Params
 from hmoe.recipe import build_network, fit_classifier
 from hmoe.resume import TrainingDiverged
-from hmoe.runtime import resolve_jit
 from hmoe.steps.hooks import NO_HOOKS, Hooks, NetworkJob
 
 logger = logging.getLogger(__name__)
@@ -211,7 +210,7 @@ def _train(
             seed=seed,
             state_dir=fit.state_dir,
             callbacks=fit.callbacks,
-            jit_compile=resolve_jit(params.train.jit_compile)[0],
+            jit_compile=fit.jit_compile,
             steps_per_execution=params.train.steps_per_execution,
         )
         if model.stop_training and not np.isfinite(history.history.get("loss", [0.0])).all():

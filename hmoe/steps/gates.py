@@ -33,6 +33,7 @@ class TrainedGates:
     gates: list[keras.Model]  # in the groups' order
     summary: dict[str, float]
     val_outputs: Outputs  # the frozen outputs on val (examples for a model signature)
+    val_weights: list[np.ndarray]  # each gate's (N, 2) weights on val: base, specialist
 
 
 def gate_fit_split(fit_on: str, gate: Split, train: Split | None) -> Split:
@@ -110,4 +111,4 @@ def train_gates(
         summary["val_accuracy"],
         summary["val_base_accuracy"],
     )
-    return TrainedGates(gates, summary, out_val)
+    return TrainedGates(gates, summary, out_val, weights)

@@ -1,8 +1,8 @@
 """What a caller adds around each network's training, without the steps knowing it.
 
-A DVC stage passes hooks that log epochs to MLflow, keep a resumable backup and save
-the network atomically (:mod:`hmoe.edge`); the sweep passes hooks that only log; a
-test passes none. The steps stay pure: every file a hook writes is the caller's.
+A stage passes hooks (:class:`hmoe.edge.networks.NetworkHooks`) that open the network's
+run, log its epochs, keep a resumable backup and write the network through the stage's
+store; a test passes none. The steps stay pure: every file a hook writes is the caller's.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
+if TYPE_CHECKING:  # the hooks' types alone: a stage that trains nothing loads no Keras
+    import keras
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class Fit:
 
     callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
     state_dir: Path | None = None  # resume state (hmoe.resume), None: not resumable
+    # train.jit_compile as the caller resolved it for this machine
+    # (hmoe.edge.runtime.resolve_jit); False, uncompiled, is what auto gives on TF CPUs
+    jit_compile: bool = False
 
 
 class Hooks:

@@ -1,6 +1,6 @@
 """A training loss that turns NaN stops the stage with one message naming the fix,
 and leaves no model and no backup to resume from (the real step with the stage's
-hooks, a local MLflow store).
+edge and observer, a local MLflow store).
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import shutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hmoe import edge, modelset, observer, paths
+from hmoe import paths
 from hmoe.data import save_split
-from hmoe.edge import StageError
+from hmoe.edge.run import run_stage
+from hmoe.edge.start import StageError
+from hmoe.edge.store import FileStore
+from hmoe.observer.runs import Observer
+from hmoe.observer.tracking import STAGE_TAG
 from hmoe.params import load_params
-from hmoe.stage_hooks import NetworkOutput, StageHooks
-from hmoe.steps.experts import train_base
-from hmoe.tracking import STAGE_TAG
 from tests.conftest import ROOT
 from tests.support.synthetic import make_images
 
@@ -34,14 +35,9 @@ def test_nan_loss_stops_the_stage_and_names_the_learning_rate(tmp_path, monkeypa
     x, y = make_images(8, seed=0)
     save_split(paths.TRAIN, x, y)  # the stage logs its input splits as MLflow datasets
     save_split(paths.VAL, x[:20], y[:20])
-    splits = {name: edge.read_split(name) for name in ("train", "val")}
     reports = paths.stage_reports("train_base")
-    out = NetworkOutput(
-        paths.BASE_MODEL, modelset.BASE, reports / "history.csv", reports / "metrics.json"
-    )
-    hooks = observer.watch(StageHooks("train_base", p, {"base": out}, splits))
     with pytest.raises(StageError, match=r"became NaN.*`base\.learning_rate`"):
-        train_base(p, splits["train"].arrays, splits["val"].arrays, hooks=hooks)
+        run_stage("train_base", p, FileStore(), Observer(p.mlflow.experiment))
     assert not paths.BASE_MODEL.exists()
     assert not (reports / "metrics.json").exists()
     assert paths.BACKUPS.is_dir()  # the hooks made one while training ...

@@ -1,8 +1,7 @@
-"""The MLflow code decides no output, which is why hmoe/tracking.py, hmoe/registry.py
-and hmoe/observer.py are in no stage's DVC deps: the base trained by its stage's hooks
-under the observer (a real MLflow store: runs, per-epoch metrics, datasets,
-registration, plus the backup and epoch log) has exactly the weights of the same step
-with no hooks at all.
+"""The MLflow code decides no output, which is why hmoe/observer is in no stage's DVC
+deps: the base trained by its stage function under MLflow's observer (a real MLflow
+store: runs, per-epoch metrics, datasets, registration, plus the backup and epoch log)
+has exactly the weights of the same step with no hooks at all.
 """
 
 from __future__ import annotations
@@ -10,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
-import keras
 import numpy as np
 import pytest
 
-from hmoe import edge, modelset, observer, paths, stage_hooks
+from hmoe import modelset, paths
+from hmoe.edge import runtime
+from hmoe.edge.run import run_stage
+from hmoe.edge.store import FileStore
+from hmoe.observer.runs import Observer
 from hmoe.params import load_params
 from hmoe.steps.experts import train_base
 from tests.conftest import ROOT
@@ -38,18 +40,12 @@ def test_tracked_stage_trains_the_same_weights_as_the_bare_step(tmp_path, monkey
 
     save_split(paths.TRAIN, *train)
     save_split(paths.VAL, *val)
-    splits = {name: edge.read_split(name) for name in ("train", "val")}
 
-    keras.utils.set_random_seed(p.seed)
+    runtime.setup(p)  # the seeds and precision the stage sets
     bare = train_base(p, train, val).model
 
-    keras.utils.set_random_seed(p.seed)
-    reports = paths.stage_reports("train_base")
-    out = stage_hooks.NetworkOutput(
-        paths.BASE_MODEL, modelset.BASE, reports / "history.csv", reports / "metrics.json"
-    )
-    hooks = observer.watch(stage_hooks.StageHooks("train_base", p, {"base": out}, splits))
-    tracked = train_base(p, train, val, hooks=hooks).model
+    done = run_stage("train_base", p, FileStore(), Observer(p.mlflow.experiment))
+    tracked = done.written[paths.BASE_MODEL]
 
     assert paths.BASE_MODEL.is_file() and (tmp_path / "mlflow.db").is_file()
     for a, b in zip(bare.get_weights(), tracked.get_weights(), strict=True):

@@ -149,7 +149,8 @@ def test_every_configuration_and_seed_is_an_mlflow_parent_with_a_run_per_stage(s
 
 def test_a_sweep_pair_is_recorded_as_a_dvc_run_of_the_same_params(sweep, tiny_pipeline):
     """`mlflow ui` compares a sweep's pair with a `dvc repro` side by side: the same
-    params on the parents and the same runs, by name and param keys, under them. The
+    params on the parents and the same runs, by name, param keys and metric keys, under
+    them (each stage is one function, run by both runners). The
     tiny pipeline ran params.yaml; the sweep's `default` adds the two-bases control (a
     stage of its own).
     """
@@ -166,6 +167,10 @@ def test_a_sweep_pair_is_recorded_as_a_dvc_run_of_the_same_params(sweep, tiny_pi
     assert set(mine) == set(theirs) | {"train_second_base"}
     for name, run_ in theirs.items():
         assert mine[name].data.params.keys() == run_.data.params.keys(), name
+        # the same figures (this pair trained every network: only the data were reused),
+        # and evaluate's for the control besides
+        got, want = mine[name].data.metrics.keys(), run_.data.metrics.keys()
+        assert got >= want if name == "evaluate" else got == want, (name, got ^ want)
         assert mine[name].data.tags["hmoe_stage"] == run_.data.tags["hmoe_stage"] == name
         # the sweep's own data digest, which here is the pipeline's: the same tiny source
         assert mine[name].data.tags["data_digest"] == run_.data.tags["data_digest"], name

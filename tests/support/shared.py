@@ -151,7 +151,7 @@ def sweep_parents(repo: Path) -> list:
     """
     from mlflow.tracking import MlflowClient
 
-    from hmoe import tracking
+    from hmoe.observer import tracking
 
     uri = f"sqlite:///{repo / 'mlflow.db'}"
     with tracking.store_lock(uri):

@@ -1,5 +1,5 @@
-"""Stage edges: declared params, backup keys, atomic saves, datasets in MLflow,
-serving's input checks and params profiles."""
+"""Stage edges: declared params, backup keys, the stores, a stage's declared paths,
+one function per stage, datasets in MLflow, serving's input checks and params profiles."""
 
 from __future__ import annotations
 
@@ -9,10 +9,19 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from hmoe import edge, observer, paths, runtime, tracking
+from hmoe import paths
 from hmoe.data import save_split
+from hmoe.data.constants import DataError
 from hmoe.data.storage import file_md5
+from hmoe.edge import runtime, start
+from hmoe.edge.run import Stage, run_stage, stage_function
+from hmoe.edge.start import StageError
+from hmoe.edge.store import FileStore, MemoryStore, json_file
+from hmoe.observer import tracking
+from hmoe.observer.runs import Observer
 from hmoe.params import ParamsError, load_params, parse_params
+from hmoe.pipeline import read_stages
+from hmoe.pipeline import stage as declared_stage
 from hmoe.profile import merged
 from hmoe.serving import InputError, to_images
 from tests.conftest import ROOT
@@ -25,7 +34,7 @@ def params():
 
 def test_stage_params_are_exactly_the_declared_ones(monkeypatch, params):
     monkeypatch.chdir(ROOT)
-    got = edge.stage_params("train_specialists@natural", params)
+    got = start.stage_params("train_specialists@natural", params)
     assert got["specialists.epochs"] == params.specialists.epochs
     assert got["specialists.dustbin"] == params.specialists.dustbin
     assert got["net.width"] == params.net.width
@@ -33,11 +42,11 @@ def test_stage_params_are_exactly_the_declared_ones(monkeypatch, params):
     assert got["specialists.learning_rate"] == params.specialists.learning_rate
     assert "base.epochs" not in got
     assert not any(k.startswith(("gates.", "mlflow.", "groups.", "router.")) for k in got)
-    router = edge.stage_params("train_router", params)
+    router = start.stage_params("train_router", params)
     assert not any(k.startswith(("base.", "specialists.", "gates.")) for k in router)
-    assert "groups.natural" in edge.stage_params("groups", params)
-    assert edge.stage_params("evaluate", params)["gates.inputs"] == params.gates.inputs
-    assert set(edge.stage_params("prepare", params)) == {
+    assert "groups.natural" in start.stage_params("groups", params)
+    assert start.stage_params("evaluate", params)["gates.inputs"] == params.gates.inputs
+    assert set(start.stage_params("prepare", params)) == {
         "data.source",
         "data.val_size",
         "data.gate_size",
@@ -47,11 +56,11 @@ def test_stage_params_are_exactly_the_declared_ones(monkeypatch, params):
 
 
 def test_backup_key_changes_with_params_and_stage():
-    a = edge.backup_key("train_base", {"base.epochs": 8})
-    assert a == edge.backup_key("train_base", {"base.epochs": 8})
-    assert a != edge.backup_key("train_base", {"base.epochs": 9})
-    assert a != edge.backup_key("train_router", {"base.epochs": 8})
-    assert "@" not in edge.backup_key("train_specialists@natural", {})
+    a = start.backup_key("train_base", {"base.epochs": 8})
+    assert a == start.backup_key("train_base", {"base.epochs": 8})
+    assert a != start.backup_key("train_base", {"base.epochs": 9})
+    assert a != start.backup_key("train_router", {"base.epochs": 8})
+    assert "@" not in start.backup_key("train_specialists@natural", {})
 
 
 @pytest.mark.parametrize(
@@ -90,8 +99,107 @@ def test_save_model_is_atomic(tmp_path):
 
     target = tmp_path / "m.keras"
     with pytest.raises(OSError, match="disk full"):
-        edge.save_model(Boom(), target)
+        FileStore().write(target, Boom())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("store", [FileStore, MemoryStore])
+def test_stores_read_back_what_was_written(monkeypatch, tmp_path, store):
+    monkeypatch.chdir(tmp_path)
+    s = store()
+    x, y = np.zeros((3, 32, 32, 3), np.uint8), np.arange(3)
+    s.write(paths.TRAIN, (x, y))
+    s.write(paths.GROUPS, {"b": 1, "a": [2]})
+    s.write(paths.METRICS, json_file({"z": 1.5, "a": 2}, sort_keys=False))
+    s.write(paths.CONFUSION, lambda tmp: pd.DataFrame({"k": [1, 2]}).to_csv(tmp, index=False))
+    s.write(paths.SECOND_BASE / "NOT_TRAINED", "a note\n")
+    got_x, got_y = s.read(paths.TRAIN)
+    np.testing.assert_array_equal(got_x, x)
+    np.testing.assert_array_equal(got_y, y)
+    assert s.read(paths.GROUPS) == {"b": 1, "a": [2]}
+    assert list(s.read(paths.METRICS)) == ["z", "a"]  # the headline order is kept
+    assert s.read(paths.CONFUSION)["k"].tolist() == [1, 2]
+    assert s.read(paths.SECOND_BASE / "NOT_TRAINED") == b"a note\n"
+    assert s.exists(paths.TRAIN) and not s.exists(paths.VAL)
+    assert s.digest(paths.TRAIN) == s.digest(paths.TRAIN)  # stable: a dataset's identity
+    if store is FileStore:
+        assert s.digest(paths.TRAIN) == file_md5(paths.TRAIN)
+    with pytest.raises((FileNotFoundError, DataError)):
+        s.read(paths.VAL)
+
+
+def test_a_stage_reads_and_writes_only_what_dvc_yaml_lists(monkeypatch, params):
+    monkeypatch.chdir(ROOT)
+    store = MemoryStore({paths.TRAIN: (np.zeros((1, 32, 32, 3), np.uint8), np.zeros(1))})
+    stage = Stage(declared_stage("train_base"), params, store, None)
+    stage.read(paths.TRAIN)  # a dep
+    with pytest.raises(StageError, match=r"train_base uses data/prepared/test\.npz.*deps"):
+        stage.read(paths.TEST)
+    with pytest.raises(StageError, match=r"train_base uses models/router\.keras.*outs"):
+        stage.write(paths.ROUTER_MODEL, b"")
+    stage.write(paths.stage_reports("train_base") / "metrics.json", {"a": 1})
+    specialists = Stage(declared_stage("train_specialists"), params, store, None)
+    specialists.write(paths.specialist_model("natural"), b"x")  # a file in a declared folder
+    assert paths.specialist_model("natural") in store.values
+
+
+def test_what_a_stage_wrote_in_memory_reads_back_when_a_later_pair_reuses_it(monkeypatch, params):
+    """A sweep copies a reused stage's outputs into the next pair's store: a writer's
+    file must travel as its bytes (and pickle, for Ray), not as the writer.
+    """
+    import pickle
+
+    monkeypatch.chdir(ROOT)
+    stage = Stage(declared_stage("evaluate"), params, MemoryStore(), None)
+    stage.write(paths.METRICS, json_file({"z": 1.0, "a": 2.0}, sort_keys=False))
+    later = MemoryStore(pickle.loads(pickle.dumps(stage.written)))
+    assert later.read(paths.METRICS) == {"z": 1.0, "a": 2.0}
+
+
+def test_every_dvc_yaml_stage_is_one_function(monkeypatch):
+    """Adding a stage to dvc.yaml without its function fails here, not halfway through
+    a sweep; every stage module is its function and the shared entry point.
+    """
+    monkeypatch.chdir(ROOT)
+    for s in read_stages():
+        assert callable(stage_function(s.name)), s.name
+        module = (ROOT / "stages" / f"{s.name}.py").read_text()
+        assert "main(__file__)" in module, f"stages/{s.name}.py must end with main(__file__)"
+    with pytest.raises(StageError, match=r"no module stages/nowhere\.py"):
+        stage_function("nowhere")
+
+
+def test_the_sweep_report_and_paths_keep_no_list_of_stages():
+    """Which stages there are is dvc.yaml's, and what each does its module's: a stage's
+    name written as a string in the sweep's runner, the report or the paths would be a
+    second declaration to keep in step (a path built from one is read from paths.py).
+    """
+    import ast
+
+    names = {s.name for s in read_stages(ROOT / "dvc.yaml")}
+    for module in ("hmoe/sweep.py", "hmoe/sweep_runner.py", "hmoe/sweep_plan.py", "hmoe/report.py"):
+        tree = ast.parse((ROOT / module).read_text())
+        keys = {id(n.slice) for n in ast.walk(tree) if isinstance(n, ast.Subscript)}
+        found = {
+            n.value
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and n.value in names and id(n) not in keys
+        }  # a record's key (record["groups"]) is no stage
+        assert not found, f"{module} names the stages {sorted(found)}"
+    tree = ast.parse((ROOT / "hmoe/paths.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Tuple | ast.List | ast.Set | ast.Dict):
+            consts = {n.value for n in ast.walk(node) if isinstance(n, ast.Constant)}
+            assert not consts & names, f"paths.py lists stages {sorted(consts & names)}"
+
+
+def test_a_stage_runs_on_a_memory_store_and_keeps_what_it_logged(monkeypatch, params):
+    monkeypatch.chdir(ROOT)
+    done = run_stage("groups", params, MemoryStore())
+    record = done.written[paths.GROUPS]
+    assert record["source"] == "params"
+    assert record["groups"] == params.groups.to_dict()
+    assert set(done.logged) == {"groups"}  # its one run, opened by its first log
 
 
 def test_tracked_stage_logs_params_and_split_datasets(monkeypatch, tmp_path, params):
@@ -102,9 +210,12 @@ def test_tracked_stage_logs_params_and_split_datasets(monkeypatch, tmp_path, par
     monkeypatch.setenv("DVC_EXP_NAME", "exp-datasets")
     rng = np.random.default_rng(0)
     save_split(paths.TRAIN, rng.integers(0, 255, (20, 32, 32, 3), np.uint8), np.arange(20) % 10)
-    train = edge.read_split("train")
-    assert train.path == paths.TRAIN and len(train.y) == 20
-    with observer.stage("train_base", params, {"train": train}) as stage_run:
+    stage = Stage(
+        declared_stage("train_base"), params, FileStore(), Observer(params.mlflow.experiment)
+    )
+    _, y = stage.split(paths.TRAIN)
+    assert len(y) == 20
+    with stage.network_run("train_base") as stage_run:
         run_id = tracking.mlflow.active_run().info.run_id
     run = MlflowClient().get_run(run_id)
     assert run.data.tags["mlflow.parentRunId"] == stage_run.parent

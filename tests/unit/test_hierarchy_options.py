@@ -13,7 +13,8 @@ import pytest
 
 from hmoe import grouping
 from hmoe.controls import all_probs
-from hmoe.edge import StageError, read_groups
+from hmoe.edge.start import StageError, groups_from
+from hmoe.edge.store import FileStore
 from hmoe.gates import GateInput, build_gate, build_gate_trainer
 from hmoe.groups import Groups, GroupsError
 from hmoe.layers import fit_whitening
@@ -145,8 +146,13 @@ def test_groups_file_round_trip_and_bad_file(tmp_path):
     path.write_text(json.dumps({"source": "params"}))
     with pytest.raises(StageError, match="rerun `dvc repro groups`"):
         read_groups(path)
-    with pytest.raises(FileNotFoundError, match="dvc repro groups"):
+    with pytest.raises(FileNotFoundError, match="missing: run `dvc repro`"):
         read_groups(tmp_path / "missing.json")
+
+
+def read_groups(path):
+    """The partition in a groups file, as every stage after `groups` reads it."""
+    return groups_from(FileStore().read(path), path)
 
 
 def test_explicit_groups_record_round_trips_through_the_groups_file(tmp_path):

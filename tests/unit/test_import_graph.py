@@ -21,7 +21,7 @@ from tests.support import imports
 
 PACKAGE = ROOT / "hmoe"
 # Modules that only observe: values flow in as arguments, nothing flows back.
-NO_PIPELINE_IMPORTS = ("hmoe.tracking", "hmoe.registry")
+NO_PIPELINE_IMPORTS = ("hmoe.observer.tracking", "hmoe.observer.registry")
 # ...but for helpers of the standard library alone, which decide no output.
 STDLIB_HELPERS = {"hmoe.gitrev"}
 
@@ -99,7 +99,7 @@ def test_tracking_and_registry_import_no_hmoe_module():
 NO_KERAS = """
 import sys
 import stages.prepare, stages.groups, stages.train_second_base
-stages.train_second_base.main()  # controls.second_base: false, as in params.yaml
+stages.train_second_base.main(stages.train_second_base.__file__)  # control off: params.yaml
 print(sorted(m for m in ("keras", "tensorflow", "jax") if m in sys.modules))
 """
 
@@ -110,7 +110,11 @@ def test_stages_that_train_nothing_never_load_keras(tmp_path):
     data, in every tiny repro of the suite.
     """
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    env = os.environ | {
+        "PYTHONPATH": str(ROOT),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db",
+    }
     proc = subprocess.run(
         [sys.executable, "-c", NO_KERAS], cwd=tmp_path, env=env, capture_output=True,
         text=True, timeout=120, check=False,
@@ -118,3 +122,27 @@ def test_stages_that_train_nothing_never_load_keras(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[-1] == "[]", proc.stdout
     assert (tmp_path / "models/second_base/NOT_TRAINED").is_file()
+
+
+# The modules that may import MLflow: the observer, and the served model's two (its
+# pyfunc and the command that loads it).
+MLFLOW_MODULES = ("hmoe.observer", "hmoe.serving", "hmoe.cli")
+
+
+def test_only_the_observer_and_serving_import_mlflow():
+    everything = lambda name: True  # noqa: E731  every name, MLflow's included
+    for name, file in modules().items():
+        if name == "hmoe.observer" or name.startswith(MLFLOW_MODULES):
+            continue
+        package = name if file.name == "__init__.py" else name.rpartition(".")[0]
+        found = {m for m in imports.imported(file, package, everything, parent=False)}
+        mlflow = sorted(m for m in found if m.split(".")[0] == "mlflow")
+        assert not mlflow, f"{name} imports {mlflow}: MLflow code lives in hmoe.observer"
+
+
+def test_the_pure_steps_import_neither_the_stage_edge_nor_the_observer():
+    graph = import_graph()
+    for name, deps in graph.items():
+        if name.startswith("hmoe.steps"):
+            edge = sorted(d for d in deps if d.startswith(("hmoe.edge", "hmoe.observer")))
+            assert not edge, f"{name} imports {edge}: pass values in through its hooks"

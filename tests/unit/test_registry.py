@@ -6,7 +6,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hmoe import registry
+from hmoe.observer import registry
 
 NAME = "hmoe-mixture"
 

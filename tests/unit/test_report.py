@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 
+from hmoe.edge.store import FileStore
 from hmoe.report import write_report
 from hmoe.report_figures import curves_figure, gate_matrix, routing_matrix
 
@@ -26,21 +27,23 @@ def test_write_report_writes_figures_and_pages(tmp_path):
     rng = np.random.default_rng(0)
     classes = [f"c{i}" for i in range(4)]
     y = rng.integers(0, 4, 40)
-    files = write_report(
-        tmp_path,
-        metrics={"mixture_accuracy": 0.5, "base_accuracy": 0.4, "specialist_a_accuracy": 0.7},
-        y=y,
-        base_pred=rng.integers(0, 4, 40),
-        mix_pred=y,
-        router_probs=rng.random((40, 2)),
-        gate_ws=[rng.random((40, 2)), rng.random((40, 2))],
-        classes=classes,
-        group_names=["a", "b"],
-        histories={
-            "train_base": pd.DataFrame(
-                {"epoch": [0, 1], "accuracy": [0.3, 0.5], "val_accuracy": [0.3, 0.4]}
-            )
-        },
+    files = save(
+        write_report(
+            tmp_path,
+            metrics={"mixture_accuracy": 0.5, "base_accuracy": 0.4, "specialist_a_accuracy": 0.7},
+            y=y,
+            base_pred=rng.integers(0, 4, 40),
+            mix_pred=y,
+            router_probs=rng.random((40, 2)),
+            gate_ws=[rng.random((40, 2)), rng.random((40, 2))],
+            classes=classes,
+            group_names=["a", "b"],
+            histories={
+                "train_base": pd.DataFrame(
+                    {"epoch": [0, 1], "accuracy": [0.3, 0.5], "val_accuracy": [0.3, 0.4]}
+                )
+            },
+        )
     )
     assert {f.name for f in files} >= {"confusion.png", "report.md", "report.html"}
     assert all(f.stat().st_size > 0 for f in files)
@@ -64,12 +67,12 @@ def test_results_are_percentages_with_their_paired_intervals(tmp_path):
     }  # fmt: skip
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 40)
-    write_report(
+    save(write_report(
         tmp_path, metrics=metrics, y=y, base_pred=y, mix_pred=y,
         router_probs=rng.random((40, 2)), gate_ws=[rng.random((40, 2))] * 2,
         classes=[f"c{i}" for i in range(4)], group_names=["a", "b"], histories={},
         best_control="equal_gates",
-    )  # fmt: skip
+    ))  # fmt: skip
     md = (tmp_path / "report.md").read_text()
     results = md[md.index("## Results") : md.index("## Is the lift real?")]
     assert "| mixture | 88.81 % |  |" in results
@@ -95,3 +98,10 @@ def test_a_network_trained_for_one_epoch_gets_a_visible_curve():
     assert all(len(line.get_xdata()) == 1 for line in router.lines)
     assert list(router.get_xticks()) == [1] and router.get_xlim() == (0.5, 1.5)
     assert all(line.get_marker() in (None, "None", "") for line in base.lines)
+
+
+def save(files):
+    """Write a report's files (path -> writer or text) as the evaluate stage's store does."""
+    for path, value in files.items():
+        FileStore().write(path, value)
+    return list(files)

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
+from hmoe.edge.store import FileStore
 from hmoe.report import write_report
 from tests.support.tiers import has_module, need
 
@@ -37,13 +38,13 @@ def report(tmp_path):
         "vs_base_ci_low": -0.01, "vs_base_ci_high": 0.03, "vs_base_only_a": 5,
         "vs_base_only_b": 3, "vs_base_mcnemar_p": 0.7, "cost_inference_mmacs_hard": 600.0,
     }  # fmt: skip
-    write_report(
+    save(write_report(
         tmp_path, metrics=metrics, y=y, base_pred=y, mix_pred=pred, router_probs=router,
         gate_ws=gates, classes=[f"c{i}" for i in range(10)], group_names=["a", "b"],
         histories={"base": history, "router": history}, best_control="two_bases",
         partition={"a": ["c0", "c1"], "b": [f"c{i}" for i in range(2, 10)]},
         provenance=PROVENANCE,
-    )  # fmt: skip
+    ))  # fmt: skip
     return tmp_path / "report.html"
 
 
@@ -92,3 +93,10 @@ def test_report_renders_in_headless_chromium_with_every_figure_loaded(report):
     assert "abc123" in tables[0] and "AMD EPYC" in tables[0]
     assert any("mixture" in t and "70.00 %" in t for t in tables)
     assert (report.parent / "screenshot.png").stat().st_size > 10_000
+
+
+def save(files):
+    """Write a report's files (path -> writer or text) as the evaluate stage's store does."""
+    for path, value in files.items():
+        FileStore().write(path, value)
+    return list(files)

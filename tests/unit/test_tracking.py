@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hmoe import paths, tracking
+from hmoe import paths
+from hmoe.observer import tracking
 
 
 def test_default_store_is_absolute_at_dvc_root(monkeypatch, tmp_path):

@@ -1,6 +1,7 @@
 """How Keras runs in a process: seeds, determinism, float policy and compilation.
 
-Every stage that runs Keras starts with :func:`init`; the sweep calls :func:`setup`.
+A stage calls :func:`setup` before its first Keras work
+(:meth:`hmoe.edge.run.Stage.start_keras`), in `dvc repro` and in the sweep alike.
 What is and is not deterministic (docs/troubleshooting.md, "Same inputs, same
 numbers"): on CPUs, TensorFlow runs uncompiled with op determinism, so a rerun gives
 bit-identical numbers (and an exact resume); JAX on CPU compiles with XLA,
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from hmoe import edge, paths
+from hmoe import paths
 from hmoe.params import Params
 
 logger = logging.getLogger("hmoe")
@@ -27,17 +28,6 @@ logger = logging.getLogger("hmoe")
 GPU_PRECISION = "mixed_bfloat16"
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 JAX_CACHE = ".cache/jax"  # JAX's persistent compilation cache, under the repository root
-
-
-def init(stage: str) -> Params:
-    """:func:`hmoe.edge.init` (logging, errors, params), then :func:`setup`."""
-    params = edge.init(stage)
-    policy, why, jit, jit_why = setup(params)
-    logger.info(
-        "stage %s: params ok, precision %s (%s), compiled %s (%s)",
-        stage, policy, why, jit, jit_why,
-    )  # fmt: skip
-    return params
 
 
 def setup(params: Params) -> tuple[str, str, bool, str]:
@@ -68,11 +58,34 @@ def setup(params: Params) -> tuple[str, str, bool, str]:
     return policy, why, jit, jit_why
 
 
+def gpus() -> list:
+    """The GPUs Keras's backend sees."""
+    import keras
+
+    return [d for d in keras.distribution.list_devices() if "gpu" in str(d).lower()]
+
+
+def resolve_jit(setting: bool | str) -> tuple[bool, str]:
+    """``train.jit_compile``: auto compiles on JAX (CPU and GPU) and on TensorFlow GPUs;
+    TensorFlow on a CPU runs uncompiled, where its op determinism holds.
+    """
+    import keras
+
+    if isinstance(setting, bool):
+        return setting, "set in params.yaml"
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return True, "auto: JAX compiles every step"
+    if backend == "tensorflow" and gpus():
+        return True, "auto: TensorFlow with a GPU"
+    return False, f"auto: {backend} on a CPU runs uncompiled, with deterministic ops"
+
+
 def resolve_precision(setting: str) -> tuple[str, str]:
     """The Keras dtype policy for ``train.precision`` and why it was chosen."""
     import keras
 
-    return auto_precision(setting, keras.backend.backend(), len(_gpus()), cpu_flags())
+    return auto_precision(setting, keras.backend.backend(), len(gpus()), cpu_flags())
 
 
 def auto_precision(
@@ -103,37 +116,15 @@ def cpu_flags() -> list[str]:
     return next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
 
 
-def resolve_jit(setting: bool | str) -> tuple[bool, str]:
-    """``train.jit_compile``: auto compiles on JAX (CPU and GPU) and on TensorFlow GPUs;
-    TensorFlow on a CPU runs uncompiled, where its op determinism holds.
-    """
-    import keras
-
-    if isinstance(setting, bool):
-        return setting, "set in params.yaml"
-    backend = keras.backend.backend()
-    if backend == "jax":
-        return True, "auto: JAX compiles every step"
-    if backend == "tensorflow" and _gpus():
-        return True, "auto: TensorFlow with a GPU"
-    return False, f"auto: {backend} on a CPU runs uncompiled, with deterministic ops"
-
-
-def _gpus() -> list:
-    import keras
-
-    return [d for d in keras.distribution.list_devices() if "gpu" in str(d).lower()]
-
-
 def machine() -> str:
     """The accelerator or CPU this process computes on, by name."""
     import os
     import platform
     from pathlib import Path
 
-    gpus = _gpus()
-    if gpus:
-        return ", ".join(str(d) for d in gpus)
+    found = gpus()
+    if found:
+        return ", ".join(str(d) for d in found)
     info = Path("/proc/cpuinfo")
     lines = info.read_text().splitlines() if info.exists() else []
     model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")

@@ -1,12 +1,8 @@
-"""The stage edge: everything a DVC stage does around its step but logging.
+"""Start-up of a stage process: logging, one-line user errors, params read once and
+validated before any work, and the keys a stage's backup and runs are named by.
 
-Start-up (logging, one-line user errors, validated params; :func:`hmoe.runtime.init`
-adds seeds, determinism and the float policy), reading inputs, and atomic outputs. A
-stage module is then a few lines: init, read, step, write.
-
-Every stage lists this module in its DVC deps, so it holds no MLflow code: the
-stage's MLflow run is opened by :mod:`hmoe.observer`, which only receives values and
-is no DVC dep (tests/unit/test_dvc_deps.py, tests/model/test_tracking_free.py).
+No MLflow code: the stage's runs are opened by the observer it is given
+(:mod:`hmoe.edge.run`), which is no DVC dep.
 """
 
 from __future__ import annotations
@@ -17,15 +13,11 @@ import logging
 import signal
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hmoe import paths
 from hmoe.data.constants import DataError
-from hmoe.data.storage import atomic_write, load_split
 from hmoe.groups import Groups, GroupsError
 from hmoe.params import Params, ParamsError, load_params
 
@@ -44,9 +36,8 @@ USER_ERRORS = (ParamsError, GroupsError, DataError, StageError, FileNotFoundErro
 
 
 def init(stage: str) -> Params:
-    """Logging, error handling and params (validated before any work). Stages that
-    run Keras call :func:`hmoe.runtime.init`, which adds seeds, determinism, precision
-    and compilation.
+    """Logging, error handling and params (validated before any work); a stage that
+    runs Keras adds seeds, determinism and precision (:meth:`hmoe.edge.run.Stage.start_keras`).
     """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -88,13 +79,6 @@ def stage_params(stage: str, params: Params) -> dict[str, Any]:
     return declared_stage(stage).declared(params)
 
 
-def data_digest() -> str | None:
-    """The source digest `prepare` recorded, to tag every stage's run with."""
-    if paths.DATA_REPORT.is_file():
-        return json.loads(paths.DATA_REPORT.read_text()).get("digest")
-    return None
-
-
 def resolve_source(source: str) -> str:
     """A relative path means relative to the repository root, also in DVC's temp copies
     of queued experiments (so the committed params name one path for every machine).
@@ -104,49 +88,13 @@ def resolve_source(source: str) -> str:
     return str(paths.repo_root() / source)
 
 
-# -- inputs -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SplitFile:
-    """A prepared split as read: its file (for the dataset's digest) and its arrays."""
-
-    name: str
-    path: Path
-    x: np.ndarray
-    y: np.ndarray
-
-    @property
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.x, self.y
-
-
-SPLIT_FILES = {"train": paths.TRAIN, "gate": paths.GATE, "val": paths.VAL, "test": paths.TEST}
-
-
-def read_split(name: str) -> SplitFile:
-    path = SPLIT_FILES[name]
-    return SplitFile(name, path, *load_split(path))
-
-
-def read_groups(path: Path = paths.GROUPS) -> Groups:
-    """The partition the `groups` stage wrote: every stage after it reads this file."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} is missing: run `dvc repro groups` first")
-    record = json.loads(Path(path).read_text())
+def groups_from(record: Mapping[str, Any], path: Path = paths.GROUPS) -> Groups:
+    """The partition in the `groups` stage's record: every stage after it reads it."""
     try:
         return Groups.from_dict(record["groups"])
-    except (KeyError, GroupsError) as err:
+    except (KeyError, TypeError, GroupsError) as err:
         msg = f"{path} is not a valid groups file ({err}); rerun `dvc repro groups`"
         raise StageError(msg) from None
-
-
-# -- outputs ------------------------------------------------------------------------
-
-
-def save_model(model: Any, path: Path) -> None:
-    """Atomic ``.keras`` save: a crash never leaves a truncated model for DVC to cache."""
-    atomic_write(path, model.save)
 
 
 def backup_key(stage: str, inputs: Mapping[str, Any]) -> str:
