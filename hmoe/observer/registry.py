@@ -150,7 +150,7 @@ def drop_superseded(name: str, parent: str, stage: str) -> list[str]:
 
     Without this a kill leaves versions that no finished stage produced (half-tagged,
     perhaps `@champion`) beside the rerun's. Runs are marked KILLED when the rerun
-    starts (:func:`hmoe.tracking.mark_killed_attempts`), before it registers.
+    starts (:func:`hmoe.observer.tracking.mark_killed_attempts`), before it registers.
     """
     client = MlflowClient()
     active = mlflow.active_run()

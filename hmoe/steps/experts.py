@@ -222,7 +222,7 @@ def _train(
                 "check the input images"
             )
         # A resumed network whose epochs were all done (its stage was killed while it
-        # was saved or registered) trains none: its summary is the hooks' (StageHooks
+        # was saved or registered) trains none: its summary is the hooks' (NetworkHooks
         # rebuilds it from every attempt's epoch log).
         ran = bool(history.history.get("val_accuracy"))
         summary = (

@@ -147,7 +147,7 @@ def tiny_sweep(tiny_project, tmp_path_factory) -> TinyRun:
 def sweep_parents(repo: Path) -> list:
     """The parent runs of a sweep in ``repo``'s SQLite store. Under the store's lock: the
     sweep may be creating the schema, and a second migration at once fails
-    (hmoe.tracking.store_lock).
+    (hmoe.observer.tracking.store_lock).
     """
     from mlflow.tracking import MlflowClient
 
