@@ -10,3 +10,15 @@ No stage lists this package in its DVC deps, and nothing in the pipeline reads f
 editing how runs are logged retrains nothing. Importing this package alone loads no
 MLflow (the sweep imports :mod:`.sweep` where MLflow is not installed).
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def finite(v: Any) -> bool:
+    """A number MLflow takes as a metric (no bool, no NaN or infinity)."""
+    number = isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+    return number and bool(np.isfinite(float(v)))

@@ -33,7 +33,7 @@ from hmoe import paths
 from hmoe.data.storage import file_md5
 from hmoe.edge.start import StageError, stage_params
 from hmoe.edge.store import data_digest
-from hmoe.observer import registry, tracking
+from hmoe.observer import finite, registry, tracking
 from hmoe.params import Params, flatten
 
 # Keras, and the modules that import it, load where a stage runs a network: prepare and
@@ -138,7 +138,7 @@ class StageRun:
         tags = {"best_control": result.best_control}
         held = _held_record.get(None)
         if held is not None:
-            held.metrics |= {k: float(v) for k, v in result.metrics.items() if _finite(v)}
+            held.metrics |= {k: float(v) for k, v in result.metrics.items() if finite(v)}
             held.tags |= tags
             return
         from hmoe import modelset
@@ -320,13 +320,9 @@ def register_mixture(groups: Groups, params: Params, example: np.ndarray) -> str
     )
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and bool(np.isfinite(float(v)))
-
-
 def _log_finite(metrics: Mapping[str, Any]) -> None:
     """Log what is finite; a failure is a warning (a sweep's folder has the figures)."""
     try:
-        tracking.log_metrics({k: float(v) for k, v in metrics.items() if _finite(v)})
+        tracking.log_metrics({k: float(v) for k, v in metrics.items() if finite(v)})
     except Exception as err:
         logger.warning("MLflow did not take the metrics (%s)", err)

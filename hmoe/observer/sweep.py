@@ -15,8 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from hmoe.observer import finite
 from hmoe.params import Params
 from hmoe.sweep_plan import Pair
 
@@ -75,7 +74,7 @@ class Record:
         takes no NaN): the findings row's figures and whether a network was reused.
         """
         if self.observer is not None:
-            self._run.metrics |= {k: float(v) for k, v in metrics.items() if _finite(v)}
+            self._run.metrics |= {k: float(v) for k, v in metrics.items() if finite(v)}
             self._run.tags |= {"reused": str(reused).lower()}
 
     def replay(self, params: Params, logged: Mapping[str, Any]) -> None:
@@ -84,17 +83,9 @@ class Record:
             self.observer.replay(params, logged, self.data_digest or None, {"reused": "true"})
 
 
-def _finite(v: Any) -> bool:
-    return _is_number(v) and bool(np.isfinite(float(v)))
-
-
 def sweep_id(out: Path) -> str:
     """A sweep's identity in MLflow: the driver's host and output folder, hashed (a
     rerun into the same folder is the same sweep; another user's is not).
     """
     where = f"{socket.gethostname()}:{out.resolve()}"
     return hashlib.sha256(where.encode()).hexdigest()[:16]
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
