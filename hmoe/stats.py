@@ -92,7 +92,8 @@ def t_interval(d: np.ndarray) -> tuple[float, float, float, float]:
     if len(d) < 2:
         mean = float(d.mean()) if len(d) else float("nan")
         return mean, float("nan"), float("nan"), float("nan")
-    sem = d.std(ddof=1) / np.sqrt(len(d))
-    half = float(stats.t.ppf(0.975, len(d) - 1) * sem)
-    p = float(stats.ttest_1samp(d, 0.0).pvalue) if sem > 0 else float("nan")
-    return float(d.mean()), float(d.mean()) - half, float(d.mean()) + half, p
+    if d.std() == 0:  # scipy's interval is NaN with no spread: it is the point itself
+        return float(d.mean()), float(d.mean()), float(d.mean()), float("nan")
+    test = stats.ttest_1samp(d, 0.0)
+    low, high = test.confidence_interval(0.95)
+    return float(d.mean()), float(low), float(high), float(test.pvalue)

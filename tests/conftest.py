@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,17 @@ def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
             f"pytest-xdist dropped the xdist_group of {lost[0]} and {len(lost) - 1} more"
             " (pytest-dev/pytest-xdist#1386): install the pytest pinned in pyproject.toml"
         )
+
+
+@pytest.fixture(autouse=True)
+def _float32_after_each_test():
+    """A test that runs a stage in process sets the global Keras float policy (bfloat16
+    on a CPU with bf16 instructions, as `train.precision: auto` says): put float32 back,
+    so the next test on the same worker starts as a fresh process would.
+    """
+    yield
+    if "keras" in sys.modules:
+        sys.modules["keras"].mixed_precision.set_global_policy("float32")
 
 
 @pytest.fixture
