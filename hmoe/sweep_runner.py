@@ -80,6 +80,9 @@ class Runner:
     files: dict[str, bytes] = field(default_factory=dict)  # the last pair's labels, evidence
     reused: bool = False  # whether the last pair reused a network of an earlier one
 
+    def __post_init__(self) -> None:
+        self.cache[self.prepared.key] = self.prepared  # every pair of the sweep reuses it
+
     def run(self, p: Params) -> dict[str, Any]:
         """Every stage of dvc.yaml under ``p``, in its order; returns the metrics row.
 
@@ -92,8 +95,6 @@ class Runner:
         observer = self.record.observer or NoObserver()
         for stage in stages:
             full = (stage.name, *keys[stage.name])
-            if stage.name == self.prepared.name and full == self.prepared.key:
-                self.cache.setdefault(full, self.prepared)
             if full in self.cache:
                 ran = self.cache[full]
                 store.values.update(ran.written)

@@ -120,7 +120,7 @@ class StageRun:
         if params.mlflow.register:
             self.drop_superseded(modelset.MIXTURE)
             version = register_mixture(mix.groups, params, x[:2])
-            val = json.loads((paths.stage_reports("train_gates") / "metrics.json").read_text())
+            val = json.loads(paths.GATES_METRICS.read_text())
             val_accuracy = float(val["val_accuracy"])
             registry.apply_champion_rule(
                 modelset.MIXTURE, version, val_accuracy, file_md5(paths.VAL)

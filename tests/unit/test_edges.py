@@ -121,9 +121,11 @@ def test_stores_read_back_what_was_written(monkeypatch, tmp_path, store):
     assert s.read(paths.CONFUSION)["k"].tolist() == [1, 2]
     assert s.read(paths.SECOND_BASE / "NOT_TRAINED") == b"a note\n"
     assert s.exists(paths.TRAIN) and not s.exists(paths.VAL)
-    assert s.digest(paths.TRAIN) == s.digest(paths.TRAIN)  # stable: a dataset's identity
     if store is FileStore:
         assert s.digest(paths.TRAIN) == file_md5(paths.TRAIN)
+    first = s.digest(paths.TRAIN)
+    s.write(paths.TRAIN, (x, y + 1))  # other labels: another dataset, another identity
+    assert s.digest(paths.TRAIN) != first
     with pytest.raises((FileNotFoundError, DataError)):
         s.read(paths.VAL)
 
