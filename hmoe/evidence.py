@@ -31,8 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hmoe.data.storage import atomic_write
-
 SPLITS = ("val", "test")
 
 
@@ -96,13 +94,6 @@ def split_evidence(
         gates=tuple(np.asarray(w)[:, 1] for w in gate_weights),
         second_base=second,
     )
-
-
-def save_evidence(
-    path: Path, splits: Mapping[str, SplitEvidence], class_ids: Mapping[str, Sequence[int]]
-) -> None:
-    """Write one configuration x seed's evidence (float16, compressed), atomically."""
-    atomic_write(path, evidence_writer(splits, class_ids))
 
 
 def evidence_writer(

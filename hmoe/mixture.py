@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from hmoe import feed
 from hmoe.gates import GateInput
 from hmoe.groups import Groups
 from hmoe.params import FUSIONS, ROUTINGS
@@ -230,14 +231,10 @@ class Mixture:
         return self._views_mean(model, x)[0]
 
     def _forward(self, model, x: np.ndarray):
-        """``model`` on ``x`` in batches of ``PREDICT_BATCH``. Keras's ``predict`` spends about
-        60 ms a call setting up (data adapter, callbacks), more than a small request takes
-        to run; up to one batch goes to ``predict_on_batch``, the same compiled function on
-        the same single batch, so the numbers are the same to the bit.
+        """``model`` on ``x`` in batches of ``PREDICT_BATCH`` (:func:`hmoe.feed.predict`:
+        no ``tf.data`` iterator, whose teardown would idle the process for seconds).
         """
-        if len(x) <= PREDICT_BATCH:
-            return model.predict_on_batch(x)
-        return model.predict(x, batch_size=PREDICT_BATCH, verbose=0)
+        return feed.predict(model, x, PREDICT_BATCH)
 
     def _views_mean(self, model, x: np.ndarray) -> list[np.ndarray]:
         """Each of ``model``'s outputs, weighted-averaged over the TTA views of images."""

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from hmoe import feed
 from hmoe.layers import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -378,10 +379,9 @@ def fit_classifier(
         import sys
 
         verbose = 1 if sys.stdout.isatty() else 2
+    val_pair = (xv, keras.utils.to_categorical(yv, n_classes))
     return model.fit(
-        batches,
-        validation_data=(xv, keras.utils.to_categorical(yv, n_classes)),
-        validation_batch_size=cfg.batch_size,
+        **feed.fit_inputs(batches, val_pair, cfg.batch_size),  # no tf.data autotune stall
         epochs=cfg.epochs,
         shuffle=False,  # EpochBatches shuffles by (seed, epoch); Keras' own would not resume
         callbacks=[*extra, *callbacks],

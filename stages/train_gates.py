@@ -47,7 +47,7 @@ def run(stage: Stage) -> None:
         stage.write(REPORTS / "history.csv", epoch_log.read_bytes())
     for g, model in zip(groups.names, trained.gates, strict=True):
         stage.write(paths.gate_model(g), model)
-    stage.write(REPORTS / "metrics.json", trained.summary)
+    stage.write(paths.GATES_METRICS, trained.summary)
     stage.log_metrics({f"final_{k}": v for k, v in trained.summary.items()})
     ids = {g: list(groups.class_ids(g)) for g in groups.names}
     evidence = split_evidence(trained.val_outputs, trained.val_weights, val[1], None)

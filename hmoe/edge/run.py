@@ -39,18 +39,42 @@ StageFunction = Callable[["Stage"], None]
 
 
 class NoRun:
-    """A run that records nothing (no MLflow, or tracking off)."""
+    """A run that records nothing (no MLflow, or tracking off). It spells out every
+    method of the observer's run, so a misspelt call fails here too, not only where
+    MLflow is installed (tests/unit/test_edges.py compares the two).
+    """
 
     parent = ""
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        return lambda *args, **kwargs: None
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_param(self, key: str, value: Any) -> None:
+        pass
+
+    def set_tag(self, key: str, value: Any) -> None:
+        pass
+
+    def log_dict(self, payload: Mapping[str, Any], name: str) -> None:
+        pass
 
     def callbacks(self) -> list:
         return []
 
+    def register_network(self, model: Any, name: str, example: Any, path: Path) -> None:
+        pass
+
+    def drop_superseded(self, name: str) -> None:
+        pass
+
     def wall_times(self) -> dict[str, float]:
         return {}
+
+    def evaluated(self, params: Any, mix: Any, test: Any, result: Any) -> None:
+        pass
+
+    def finish_pipeline(self, params: Any, groups: Any, result: Any, files: Any) -> None:
+        pass
 
 
 class NoObserver:

@@ -21,7 +21,8 @@ import hashlib
 import io
 import json
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -110,6 +111,7 @@ class MemoryStore:
 
     def __init__(self, values: Mapping[Path, Any] | None = None) -> None:
         self.values: dict[Path, Any] = {Path(k): v for k, v in (values or {}).items()}
+        self._digests: dict[Path, str] = {}  # a split is hashed once, not at every run
 
     def read(self, path: Path) -> Any:
         path = Path(path)
@@ -124,23 +126,25 @@ class MemoryStore:
         elif isinstance(value, str):
             value = value.encode()  # read back as bytes, as from a file
         self.values[Path(path)] = value
+        self._digests.pop(Path(path), None)
         return value
 
     def exists(self, path: Path) -> bool:
         return Path(path) in self.values
 
     def digest(self, path: Path) -> str:
-        value = self.values[Path(path)]
-        arrays = value if isinstance(value, tuple) else (value,)
-        md5 = hashlib.md5()
-        for a in arrays:
-            md5.update(
-                np.ascontiguousarray(a).tobytes() if isinstance(a, np.ndarray) else repr(a).encode()
-            )
-        return md5.hexdigest()
-
-    def __iter__(self) -> Iterator[Path]:
-        return iter(self.values)
+        path = Path(path)
+        if path not in self._digests:
+            value = self.values[path]
+            md5 = hashlib.md5()
+            for a in value if isinstance(value, tuple) else (value,):
+                md5.update(
+                    np.ascontiguousarray(a).tobytes()
+                    if isinstance(a, np.ndarray)
+                    else repr(a).encode()
+                )
+            self._digests[path] = md5.hexdigest()
+        return self._digests[path]
 
 
 def _written(path: Path, writer: Writer) -> bytes:
@@ -155,8 +159,10 @@ def _npz(path: Path) -> Any:
     """A split as ``(x, y)``, with :func:`load_split`'s hints when it is damaged; any
     other npz as a dict of arrays.
     """
-    with contextlib.suppress(Exception), np.load(path, allow_pickle=False) as f:
-        if set(f.files) != {"x", "y"}:  # a damaged file: load_split says what to do
+    # A damaged or foreign file falls through: load_split says what to do about it.
+    damaged = (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile)
+    with contextlib.suppress(*damaged), np.load(path, allow_pickle=False) as f:
+        if set(f.files) != {"x", "y"}:
             return {k: f[k] for k in f.files}
     return load_split(path)
 

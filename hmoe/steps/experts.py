@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from hmoe import feed
 from hmoe.groups import Groups
 from hmoe.metrics import summarise_history
 from hmoe.params import NetParams, Params
@@ -96,7 +97,7 @@ def train_specialist(
     n_outputs = specialist_outputs(ids, cfg.dustbin)
     if cfg.distill > 0:
         # params refuse distill > 0 without a temperature, so it is set here
-        soft = collapse(soften(base.predict(x, batch_size=1024, verbose=0), cfg.temperature), ids)
+        soft = collapse(soften(feed.predict(base, x, 1024), cfg.temperature), ids)
         y = distill_targets(y, soft[:, :n_outputs], cfg.distill)
     return _train(
         params,

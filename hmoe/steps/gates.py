@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from hmoe import feed
 from hmoe.gates import GateInput, build_gate, fit_gates
 from hmoe.groups import Groups
 from hmoe.metrics import accuracy, summarise_history
@@ -97,9 +98,8 @@ def train_gates(
         cfg,
         callbacks=callbacks,
     )
-    weights = [
-        np.asarray(g.predict(out_val.for_gate(i, seen), verbose=0)) for i, g in enumerate(gates)
-    ]
+    # Keras's default predict batch (32), without tf.data (hmoe.feed)
+    weights = [feed.predict(g, out_val.for_gate(i, seen), 32) for i, g in enumerate(gates)]
     summary = summarise_history(history.history, monitor="val_loss", mode="min")
     for r in ROUTINGS:  # both routings with these gates: the evidence for the default
         probs = combine(route_weights(out_val.router, r), weights, out_val.base, out_val.specs)

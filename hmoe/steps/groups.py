@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hmoe import grouping
+from hmoe import feed, grouping
 from hmoe.data.constants import CIFAR10_CLASSES
 from hmoe.groups import Groups
 from hmoe.metrics import confusion
@@ -33,7 +33,7 @@ def learn_groups(
     if base is None or not val:
         raise ValueError("groups: N (learned) needs the trained base and the val split")
     x, y = val
-    pred = np.argmax(base.predict(x, batch_size=512, verbose=0), axis=1)
+    pred = np.argmax(feed.predict(base, x, 512), axis=1)
     cm = confusion(y, pred, len(CIFAR10_CLASSES))
     found = grouping.discover(cm, CIFAR10_CLASSES, count, params.seed)
     record = {"source": "auto", "groups": found.to_dict(), "val_confusion": cm.tolist()}

@@ -287,3 +287,15 @@ def test_bad_distribute_param_is_named(raw_params):
     raw_params["train"]["distribute"] = "multiworker"
     with pytest.raises(ParamsError, match=r"`train\.distribute`"):
         parse_params(raw_params)
+
+
+def test_a_run_without_mlflow_has_every_method_of_a_tracked_run():
+    """NoRun spells out StageRun's methods: a misspelt call fails without MLflow too."""
+    from hmoe.edge.run import NoRun
+    from hmoe.observer.runs import StageRun
+
+    public = {n for n in vars(StageRun) if not n.startswith("_") and callable(vars(StageRun)[n])}
+    mine = {n for n in vars(NoRun) if not n.startswith("_") and callable(vars(NoRun)[n])}
+    assert public == mine
+    with pytest.raises(AttributeError):
+        NoRun().log_metric({"a": 1.0})  # StageRun's is log_metrics

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hmoe.evidence import SplitEvidence, embed, load_evidence, save_evidence
+from hmoe.data.storage import atomic_write
+from hmoe.evidence import SplitEvidence, embed, evidence_writer, load_evidence
 from hmoe.findings import write_findings
 from hmoe.findings.cascades import budget_comparison, ece
 from hmoe.frontier import (
@@ -48,7 +49,7 @@ def synthetic(n: int, seed: int) -> SplitEvidence:
 
 def test_evidence_round_trips_in_float16(tmp_path):
     ev = {"val": synthetic(50, 0), "test": synthetic(80, 1)}
-    save_evidence(tmp_path / "e.npz", ev, IDS)
+    atomic_write(tmp_path / "e.npz", evidence_writer(ev, IDS))
     back = load_evidence(tmp_path / "e.npz")
     assert set(back) == {"val", "test"}
     for split, e in ev.items():
@@ -120,7 +121,8 @@ def test_findings_gain_the_frontier_and_gates_sections_from_the_evidence(tmp_pat
     rows = []
     for seed in (42, 43):
         ev = {"val": synthetic(300, seed), "test": synthetic(300, seed + 100)}
-        save_evidence(tmp_path / "evidence" / f"default-s{seed}.npz", ev, IDS)
+        path = tmp_path / "evidence" / f"default-s{seed}.npz"
+        atomic_write(path, evidence_writer(ev, IDS))
         rows.append(
             {"config": "default", "seed": seed, "mixture_accuracy": 0.5, "base_accuracy": 0.4}
             | {"cost_inference_mmacs_base": 325.0, "cost_inference_mmacs_hard": 651.0}
