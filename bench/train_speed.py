@@ -5,9 +5,11 @@
 
 Random images (speed only), the base's recipe from params.yaml (lookahead on from
 epoch 2), TensorFlow op determinism as in the stages. Prints one line per epoch and the
-mean over the epochs after the first (tracing, warm-up), prefixed with the CPU. Images
-per CPU second is the steadier figure on a shared VM, where stolen time inflates wall
-time. Run it on an idle machine.
+mean over the epochs after the first (tracing, warm-up), prefixed with the CPU, then the
+whole fit: wall and CPU seconds, cores busy on average. Images per CPU second measures
+the step's own speed; the wall rate also counts idle time (issue 34 found seconds of it
+at every epoch's end, from tf.data's autotuning: :mod:`hmoe.feed`). Run it on an idle
+machine.
 """
 
 from __future__ import annotations
@@ -65,13 +67,22 @@ def main() -> None:
     y = rng.integers(0, 10, args.images)
     model = build_network(10, arch, cfg, seed=0, name="base", whitening_images=x)
     timer = Timer(args.images)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     fit_classifier(model, (x, y), (x[:512], y[:512]), cfg, callbacks=[timer], jit_compile=jit,
                    verbose=0)  # fmt: skip
+    fit_wall, fit_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     wall, per_cpu = np.mean(timer.rows[1:], axis=0)
     print(
         f"[{CPU}] {keras.backend.backend()} {args.precision} compiled={jit} width "
         f"{arch.width}: {wall:.0f} images/s, {per_cpu:.0f} images per CPU-s "
         f"(mean of epochs 2..{args.epochs}, {args.images} images each)"
+    )
+    # The whole fit, epoch ends included: where an input pipeline's teardown idles the
+    # process (issue 34), the epochs' own rates miss it and the cores-busy figure shows it.
+    print(
+        f"[{CPU}] whole fit: {fit_wall:.1f} s wall, {fit_cpu:.1f} CPU-s, "
+        f"{fit_cpu / fit_wall:.2f} cores busy, "
+        f"{args.images * args.epochs / fit_wall:.0f} images/s"
     )
 
 
