@@ -1,10 +1,11 @@
 """Training images/s of one network of the recipe, per wall second and per CPU second.
 
     python bench/train_speed.py [--images 8192] [--epochs 4] [--width 64] [--precision float32]
-                                [--jit-compile auto|true|false]
+                                [--jit-compile auto|true|false] [--op-determinism on|off]
 
 Random images (speed only), the base's recipe from params.yaml (lookahead on from
-epoch 2), TensorFlow op determinism as in the stages. Prints one line per epoch and the
+epoch 2), TensorFlow op determinism as in the stages (``--op-determinism off``
+measures what it costs). Prints one line per epoch and the
 mean over the epochs after the first (tracing, warm-up), prefixed with the CPU, then the
 whole fit: wall and CPU seconds, cores busy on average. Images per CPU second measures
 the step's own speed; the wall rate also counts idle time (issue 34 found seconds of it
@@ -54,12 +55,18 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--precision", default="float32")
     ap.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto")
+    ap.add_argument("--op-determinism", choices=("on", "off"), default="on")
     args = ap.parse_args()
     jit_compile = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     p = load_params()
     train = dataclasses.replace(p.train, precision=args.precision, jit_compile=jit_compile)
     p = dataclasses.replace(p, seed=0, train=train)
     _, _, jit, _ = setup(p)  # as a stage runs: seeds, determinism, precision
+    if args.op_determinism == "off" and keras.backend.backend() == "tensorflow":
+        # no public switch back: tf.config.experimental has only enable_op_determinism
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()
     cfg = dataclasses.replace(p.base, epochs=args.epochs)
     arch = p.net if args.width is None else dataclasses.replace(p.net, width=args.width)
     rng = np.random.default_rng(0)
@@ -73,8 +80,9 @@ def main() -> None:
     fit_wall, fit_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     wall, per_cpu = np.mean(timer.rows[1:], axis=0)
     print(
-        f"[{CPU}] {keras.backend.backend()} {args.precision} compiled={jit} width "
-        f"{arch.width}: {wall:.0f} images/s, {per_cpu:.0f} images per CPU-s "
+        f"[{CPU}] {keras.backend.backend()} {args.precision} compiled={jit} "
+        f"op determinism {args.op_determinism}, width {arch.width}: {wall:.0f} images/s, "
+        f"{per_cpu:.0f} images per CPU-s "
         f"(mean of epochs 2..{args.epochs}, {args.images} images each)"
     )
     # The whole fit, epoch ends included: where an input pipeline's teardown idles the
