@@ -25,8 +25,10 @@ if TYPE_CHECKING:  # Keras loads with the first call: stages that train nothing 
     import keras
 
 
-def predict(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """``model``'s outputs on ``x`` in slices of ``batch_size`` (a list for several outputs)."""
+def predict(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray | list[np.ndarray]:
+    """``model``'s outputs on ``x``, run in slices of ``batch_size``: one array, or a
+    list of arrays (one per output) for a model with several outputs, as ``predict``.
+    """
     if len(x) == 0:
         raise ValueError("predict needs at least one image")
     if batch_size < 1:
@@ -59,8 +61,9 @@ def _no_autotune(ds: Any) -> Any:
 
 
 def _tf_batches(batches: keras.utils.PyDataset) -> Any:
-    """A ``tf.data`` view of ``batches``: each new iterator (one per epoch) reads
-    ``batches[0..n)`` then, after the epoch's callbacks have set its order.
+    """A ``tf.data`` view of ``batches``, read lazily: ``fit`` makes one iterator per
+    epoch, after the epoch's callbacks have set that epoch's order, and the iterator
+    then reads ``batches[0]`` to ``batches[n - 1]``.
     """
     import tensorflow as tf
 
