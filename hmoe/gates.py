@@ -9,6 +9,7 @@ a distribution. The gates are fitted on frozen outputs of the experts and router
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,8 +17,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from hmoe.layers import PACKAGE
-from hmoe.params import GATE_INPUTS, GateParams
+from hmoe.layers import PACKAGE, ConstantLogits
+from hmoe.params import GATE_INPUTS, GATE_KINDS, GateParams
 
 
 def cosine(learning_rate: float, steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -93,17 +94,28 @@ class ExpertMix(layers.Layer):
         return (experts_shape[0], experts_shape[2])
 
 
-def build_gate(n_inputs: int, *, hidden: int = 32, name: str = "gate") -> keras.Model:
+def build_gate(
+    n_inputs: int, *, hidden: int = 32, name: str = "gate", kind: str = "learned"
+) -> keras.Model:
     """Gate of one group: from what it sees (``gates.inputs``) to 2 expert weights.
 
     Inputs are precomputed (N, n_inputs): the frozen experts' probabilities [base,
     specialist], the frozen base trunk's pooled features, or both, so the gate
     costs almost nothing per epoch. Output is a softmax over {base, specialist}:
-    the mixture stays a distribution.
+    the mixture stays a distribution. ``kind`` (``gates.kind``): learned, a hidden
+    layer on the input; constant, two trainable logits whatever the input (one weight
+    per group); fixed, the same logits frozen at zero (every weight 1/2).
     """
+    if kind not in GATE_KINDS:
+        raise ValueError(f"gates.kind must be one of {list(GATE_KINDS)}, got {kind!r}")
     inputs = keras.Input((n_inputs,), name="gate_input")
-    x = layers.Dense(hidden, activation="relu", name="hidden")(inputs)
-    x = layers.Dense(2, name="expert_logits")(x)
+    if kind == "learned":
+        x = layers.Dense(hidden, activation="relu", name="hidden")(inputs)
+        x = layers.Dense(2, name="expert_logits")(x)
+    else:
+        logits = ConstantLogits(2, name="expert_logits")
+        logits.trainable = kind == "constant"
+        x = logits(inputs)
     outputs = layers.Softmax(dtype="float32", name="expert_weights")(x)
     return keras.Model(inputs, outputs, name=name)
 
@@ -159,7 +171,8 @@ def fit_gates(
 
     Inputs are (route weights, base probs, stacked embedded specialist probs) and,
     when the gates see them (``cfg.inputs``), the base trunk's features; see
-    :func:`build_gate_trainer`. The gates are updated in place.
+    :func:`build_gate_trainer`. The gates are updated in place. Fixed gates (nothing to
+    train) run one epoch, which only scores them: their epoch log and val loss.
     """
     n_classes = train_inputs[1].shape[1]
     n_features = train_inputs[3].shape[1] if len(train_inputs) > 3 else 0
@@ -173,13 +186,15 @@ def fit_gates(
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=cfg.patience, restore_best_weights=True
     )
-    return trainer.fit(
-        list(train_inputs),
-        y_train,
-        validation_data=(list(val_inputs), y_val),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        callbacks=[*callbacks, stop],
-        verbose=verbose,
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The model does not have any trainable weights")
+        return trainer.fit(
+            list(train_inputs),
+            y_train,
+            validation_data=(list(val_inputs), y_val),
+            epochs=cfg.epochs if trainer.trainable_weights else 1,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            callbacks=[*callbacks, stop],
+            verbose=verbose,
+        )

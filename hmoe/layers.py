@@ -140,6 +140,30 @@ class Scale(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class ConstantLogits(layers.Layer):
+    """``units`` logits of its own, the same for every row: the input sets only the batch
+    size. A gate built on it gives every image one weight (``gates.kind: constant``,
+    trained; ``fixed``, left at zero: equal weights).
+    """
+
+    def __init__(self, units: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.logits = self.add_weight(shape=(self.units,), initializer="zeros", name="logits")
+
+    def call(self, x):
+        return ops.zeros_like(x[:, :1]) + ops.cast(self.logits, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class PartialDirac(keras.initializers.Initializer):
     """He-uniform kernel whose first min(in, out) filters are the identity (dirac).
 

@@ -63,7 +63,7 @@ class RecipeParams:
 
 
 RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(RecipeParams))
-STARTS = ("scratch", "base", "head")  # how a network starts: see NetParams.start
+STARTS = ("scratch", "base", "head", "branch")  # how a network starts: see NetParams.start
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,8 @@ class NetParams(RecipeParams):
 
     epochs: int
     # scratch: own initialisation; base: a copy of the trained base, every layer
-    # trained; head: a new head on the base's frozen trunk (only the head trains)
+    # trained; head: a new head on the base's frozen trunk (only the head trains);
+    # branch: a new last conv group and head on the base's frozen first two groups
     start: str
 
     @property
@@ -83,7 +84,7 @@ class NetParams(RecipeParams):
 
     @property
     def freeze_trunk(self) -> bool:
-        return self.start == "head"
+        return self.start in ("head", "branch")
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,16 @@ class SpecialistParams(NetParams):
     dustbin: float
     distill: float  # share of the base's soft targets in every training target; 0: off
     temperature: float | None  # softens the base's targets (p ** (1 / T)); only with distill
+    # Each specialist trains epochs / (its share of the training images) epochs, so it
+    # takes as many optimizer steps as the base instead of its share of them.
+    match_steps: bool
 
 
 @dataclass(frozen=True)
 class GateParams:
+    # learned: a small network per group; constant: one trained weight per group (its
+    # input ignored); fixed: every gate 1/2, nothing fitted
+    kind: str
     epochs: int
     batch_size: int
     learning_rate: float
@@ -167,11 +174,12 @@ TTA_LEVELS = (0, 1, 2)
 DISTRIBUTE = ("auto", "none", "mirrored")  # train.distribute, see hmoe.distribute
 GATE_INPUTS = ("probs", "features", "both")
 GATE_FIT = ("gate", "train")
+GATE_KINDS = ("learned", "constant", "fixed")
 # The network sections: the keys of their own (beyond any recipe override), and how the
 # network starts when the section does not say (the base is always trained first).
 NETWORKS = {
     "base": ("epochs",),
-    "specialists": ("epochs", "start", "dustbin", "distill", "temperature"),
+    "specialists": ("epochs", "start", "dustbin", "distill", "temperature", "match_steps"),
     "router": ("epochs", "start"),
 }
 _SECTIONS = {
@@ -238,7 +246,7 @@ def _network(raw: Any, name: str, recipe: RecipeParams) -> NetParams:
     hints = get_type_hints(cls)
     values: dict[str, Any] = dataclasses.asdict(recipe) | {"start": "scratch"}
     if name == "specialists":
-        values |= {"dustbin": 0.0, "distill": 0.0, "temperature": None}
+        values |= {"dustbin": 0.0, "distill": 0.0, "temperature": None, "match_steps": False}
     for key, value in raw.items():
         hint = float if key == "temperature" else hints[key]
         values[key] = _coerce(value, hint, f"{name}.{key}")
@@ -330,6 +338,7 @@ def _check(p: Params) -> None:
         )
     _one_of(p.gates.inputs, GATE_INPUTS, "gates.inputs")
     _one_of(p.gates.fit_on, GATE_FIT, "gates.fit_on")
+    _check_gates(p.gates)
     _one_of(p.mixture.routing, ROUTINGS, "mixture.routing")
     _one_of(p.mixture.tta, TTA_LEVELS, "mixture.tta")
     _one_of(p.mixture.router_fusion, FUSIONS, "mixture.router_fusion")
@@ -339,6 +348,23 @@ def _check(p: Params) -> None:
         raise ParamsError("`train.steps_per_execution` must be a positive integer")
     if not p.mlflow.experiment:
         raise ParamsError("`mlflow.experiment` must be a non-empty name")
+
+
+def _check_gates(gates: GateParams) -> None:
+    """A gate that sees nothing (constant, fixed) must not be asked to see features, and
+    a fixed gate, which fits nothing, must not be asked where to fit.
+    """
+    _one_of(gates.kind, GATE_KINDS, "gates.kind")
+    if gates.kind != "learned" and gates.inputs != "probs":
+        raise ParamsError(
+            f"`gates.inputs: {gates.inputs}` has no effect with `gates.kind: {gates.kind}` "
+            "(its gates ignore their input): set inputs to probs, or kind to learned"
+        )
+    if gates.kind == "fixed" and gates.fit_on != "gate":
+        raise ParamsError(
+            "`gates.fit_on: train` has no effect with `gates.kind: fixed` (nothing is "
+            "fitted): set fit_on to gate, or kind to learned or constant"
+        )
 
 
 def _check_network(name: str, net: NetParams) -> None:

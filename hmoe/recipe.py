@@ -142,7 +142,8 @@ def build_network(
     whitening_images: np.ndarray | None = None,
 ) -> keras.Model:
     """A classifier ready to train: from the base's trunk when ``init`` is given
-    (frozen if ``cfg.freeze_trunk``), else with its whitening fitted on the images.
+    (frozen but for the new layers if ``cfg.freeze_trunk``: the head, and the last conv
+    group for `branch`), else with its whitening fitted on the images.
     """
     model = build_classifier(
         n_outputs,
@@ -152,10 +153,10 @@ def build_network(
         name=name,
     )
     if init is not None:
-        copied = copy_trunk(init, model)
+        copied = copy_trunk(init, model, cfg.start)
         logger.info("%s: %d layers copied from %s", name, copied, init.name)
         if cfg.freeze_trunk:
-            freeze_trunk(model)
+            freeze_trunk(model, cfg.start)
     elif whitening_images is not None:
         fit_whitening(model, whitening_images[:WHITENING_SAMPLE])
     return model

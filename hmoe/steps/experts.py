@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import keras
@@ -95,6 +95,9 @@ def train_specialist(
     subset = {"dustbin": cfg.dustbin, "seed": seed}
     x, y = specialist_subset(*train, ids, **subset)
     n_outputs = specialist_outputs(ids, cfg.dustbin)
+    if cfg.match_steps:
+        cfg = replace(cfg, epochs=matched_epochs(cfg.epochs, len(x), len(train[1])))
+        logger.info("specialist@%s: %d epochs (as many steps as the base)", group, cfg.epochs)
     if cfg.distill > 0:
         # params refuse distill > 0 without a temperature, so it is set here
         soft = collapse(soften(feed.predict(base, x, 1024), cfg.temperature), ids)
@@ -110,6 +113,15 @@ def train_specialist(
         hooks=hooks,
         base=base,
     )
+
+
+def matched_epochs(epochs: int, n_subset: int, n_train: int) -> int:
+    """``epochs`` / (the subset's share of the training images), rounded: a network on a
+    share of the images then takes about as many optimizer steps as one on all of them.
+    """
+    if n_subset <= 0:
+        raise ValueError("a specialist needs at least one training image of its group")
+    return max(1, round(epochs * n_train / n_subset))
 
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:

@@ -88,7 +88,9 @@ def train_gates(
     # Seeded here, so the gates depend on the seed alone, not on what the caller drew
     # before (a stage that loads the frozen networks from disk draws initialiser seeds).
     keras.utils.set_random_seed(params.seed)
-    gates = [build_gate(n_in, hidden=cfg.hidden, name=f"gate_{g}") for g in groups.names]
+    gates = [
+        build_gate(n_in, hidden=cfg.hidden, name=f"gate_{g}", kind=cfg.kind) for g in groups.names
+    ]
     history = fit_gates(
         gates,
         trainer_inputs(out_fit, routing, seen),
@@ -106,6 +108,8 @@ def train_gates(
         summary[f"val_{r}_accuracy"] = accuracy(probs, val[1])
     summary["val_accuracy"] = summary[f"val_{routing}_accuracy"]
     summary["val_base_accuracy"] = accuracy(out_val.base, val[1])
+    for g, w in zip(groups.names, weights, strict=True):  # how much each trusts its specialist
+        summary[f"val_specialist_weight_{g}"] = float(w[:, 1].mean())
     logger.info(
         "gates: val mixture accuracy %.4f (base %.4f)",
         summary["val_accuracy"],

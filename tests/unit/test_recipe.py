@@ -250,3 +250,53 @@ def test_evaluate_scores_the_mixture_and_every_control(images):
     ]  # fmt: skip
     assert result.headline | result.details == m and not set(result.headline) & set(result.details)
     assert [w.shape for w in result.gate_weights] == [(len(images), 2)] * 2
+
+
+def test_copy_trunk_for_a_branch_leaves_the_last_group_new_and_trainable():
+    base = build_classifier(10, ARCH, seed=1)
+    spec = build_classifier(4, ARCH, seed=2)
+    fresh = [np.asarray(w) for w in spec.get_layer("group3_conv1").weights]
+    copy_trunk(base, spec, "branch")
+    np.testing.assert_array_equal(
+        np.asarray(base.get_layer("group2_conv2").kernel),
+        np.asarray(spec.get_layer("group2_conv2").kernel),
+    )
+    for before, after in zip(fresh, spec.get_layer("group3_conv1").weights, strict=True):
+        np.testing.assert_array_equal(before, np.asarray(after))  # its own initialisation
+    freeze_trunk(spec, "branch")
+    trained = {w.path.split("/")[0] for w in spec.trainable_weights}
+    assert trained == {"group3_conv1", "group3_1_bias", "group3_conv2", "group3_2_bias", "logits"}
+
+
+@pytest.mark.parametrize(("kind", "trainable"), [("learned", 4), ("constant", 1), ("fixed", 0)])
+def test_gate_kinds_give_a_distribution_and_load_with_safe_mode(tmp_path, kind, trainable):
+    gate = build_gate(6, hidden=4, kind=kind)
+    assert len(gate.trainable_weights) == trainable
+    x = np.random.default_rng(0).random((5, 6)).astype("float32")
+    w = np.asarray(gate.predict(x, verbose=0))
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-6)
+    if kind == "fixed":
+        np.testing.assert_allclose(w, 0.5)
+    gate.save(tmp_path / "gate.keras")
+    loaded = keras.saving.load_model(tmp_path / "gate.keras", safe_mode=True)
+    np.testing.assert_allclose(np.asarray(loaded.predict(x, verbose=0)), w, atol=1e-6)
+
+
+def test_a_constant_gate_learns_one_weight_per_group_and_a_fixed_one_stays_at_half():
+    from hmoe.gates import fit_gates
+    from hmoe.params import GateParams
+
+    # the specialist is always right and the base always wrong: a constant gate must
+    # move its weight towards the specialist, a fixed gate must stay at 1/2
+    rng = np.random.default_rng(0)
+    n, c = 256, 10
+    y = rng.integers(0, c, n)
+    good, bad = np.eye(c, dtype="float32")[y], np.eye(c, dtype="float32")[(y + 1) % c]
+    route = np.tile(np.array([[1.0, 0.0]], "float32"), (n, 1))
+    inputs = (route, 0.9 * bad + 0.01, np.stack([0.9 * good + 0.01, 0.9 * good + 0.01], axis=1))
+    for kind, check in (("constant", lambda w: w > 0.6), ("fixed", lambda w: w == 0.5)):
+        cfg = GateParams(kind, 5, 64, 0.05, 4, 2, "probs", "gate")
+        gates = [build_gate(2 * c, hidden=4, kind=kind, name=f"g{g}") for g in range(2)]
+        fit_gates(gates, inputs, y, inputs, y, cfg, verbose=0)
+        weight = float(np.asarray(gates[0].predict(inputs[1][:1].repeat(2, 1), verbose=0))[0, 1])
+        assert check(pytest.approx(weight) if kind == "fixed" else weight), (kind, weight)

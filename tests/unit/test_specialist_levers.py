@@ -159,3 +159,13 @@ def test_specialists_epochs_key_sets_how_long_they_train(raw_params):
     x, y = make_images(16, seed=0)
     trained = train_specialist(p, p.groups, p.groups.names[0], (x, y), (x, y))
     assert trained.summary["epochs_run"] == 2 != p.base.epochs
+
+
+def test_matched_epochs_give_a_share_of_the_images_the_base_s_step_count():
+    from hmoe.steps.experts import matched_epochs
+
+    assert matched_epochs(10, 16_000, 40_000) == 25  # 40 % of the images: 2.5 x the epochs
+    assert matched_epochs(10, 24_000, 40_000) == 17  # 60 %: 16.7, rounded
+    assert matched_epochs(10, 40_000, 40_000) == 10
+    with pytest.raises(ValueError, match="at least one"):
+        matched_epochs(10, 0, 40_000)
