@@ -169,3 +169,31 @@ def test_matched_epochs_give_a_share_of_the_images_the_base_s_step_count():
     assert matched_epochs(10, 40_000, 40_000) == 10
     with pytest.raises(ValueError, match="at least one"):
         matched_epochs(10, 0, 40_000)
+
+
+def test_match_steps_trains_each_specialist_for_the_base_s_step_count(raw_params):
+    raw_params["net"]["width"] = 4
+    raw_params["specialists"].update(epochs=1, batch_size=8, match_steps=True)
+    p = parse_params(raw_params)
+    x, y = make_images(20, seed=0)  # 2 images per class: artificial holds 40 %
+    trained = train_specialist(p, p.groups, "artificial", (x, y), (x, y))
+    assert trained.summary["epochs_run"] == 2  # 1 / 0.4 = 2.5, rounded to even
+
+
+def test_a_branch_specialist_keeps_the_base_s_first_groups_and_trains_its_own_last(raw_params):
+    raw_params["net"]["width"] = 4
+    raw_params["specialists"].update(epochs=1, batch_size=8, start="branch")
+    p = parse_params(raw_params)
+    x, y = make_images(16, seed=0)
+    base = build_network(10, p.net, p.base, seed=0, name="base", whitening_images=x)
+    with pytest.raises(ValueError, match="init_from_base needs the trained base"):
+        train_specialist(p, p.groups, "natural", (x, y), (x, y))
+    spec = train_specialist(p, p.groups, "natural", (x, y), (x, y), base=base).model
+    for name in ("whiten", "group1_conv1", "group2_conv2"):
+        np.testing.assert_array_equal(
+            np.asarray(spec.get_layer(name).weights[0]), np.asarray(base.get_layer(name).weights[0])
+        )
+    assert not np.array_equal(
+        np.asarray(spec.get_layer("group3_conv2").kernel),
+        np.asarray(base.get_layer("group3_conv2").kernel),
+    )
