@@ -150,8 +150,10 @@ def _frontier_curves(ax: Any, frontier: pd.DataFrame) -> None:
     """Each cascade's mean test accuracy against its mean test MMACs over the budgets,
     with every seed's points faint behind it."""
     n = frontier["seed"].nunique()
-    for cascade, colour in (("mixture", "C6"), ("ensemble", "C7")):
+    for cascade, colour in (("hard", "C6"), ("soft", "C8"), ("ensemble", "C7")):
         rows = frontier[frontier["cascade"] == cascade]
+        if rows.empty:
+            continue
         ax.plot(rows["test_mmacs"], 100 * rows["test_accuracy"], ".", color=colour, alpha=0.3)
         mean = rows.groupby("budget_mmacs")[["test_mmacs", "test_accuracy"]].mean()
         ax.plot(
