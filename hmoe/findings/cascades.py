@@ -62,7 +62,7 @@ def read_evidence(out: Path) -> dict[Key, dict[str, SplitEvidence]]:
 def frontier_table(
     frame: pd.DataFrame, evidence: Mapping[Key, Mapping[str, SplitEvidence]], config: str
 ) -> pd.DataFrame:
-    """Both cascades at every budget, per seed of ``config`` that has evidence and a
+    """Every cascade at every budget, per seed of ``config`` that has evidence and a
     second base (empty when none has)."""
     rows = frame[frame["config"] == config].set_index("seed")
     chosen = {
@@ -192,9 +192,10 @@ def oracle_markdown(table: pd.DataFrame) -> str:
     )
     note = (
         f"\nMeans over the {len(table)} seed(s): {means}. Oracle routing is handed each "
-        "image's true group and takes that group's branch; the controls are handed the "
-        "same group and keep only its classes (renormalised), which is the fair "
-        "comparison for it. Oracle - two bases given the group: "
+        "image's true group and takes that group's branch (its gate's blend of the base, "
+        "which still spreads mass over every class, and the group's specialist); the "
+        "controls are handed the same group and keep only its classes (renormalised), "
+        "which is the fair comparison for it. Oracle - two bases given the group: "
         f"{_interval(mean, lo, hi)} points (mean of the per-seed differences, 95 % "
         "t-interval over seeds, test images held fixed). Neither is deployable: both "
         "need the labels.\n"
@@ -229,6 +230,8 @@ def gate_table(evidence: Mapping[Key, Mapping[str, SplitEvidence]], config: str)
                     "equal_nll": _nll(half, e.y),
                     "learned_nll_scaled": _nll(scaled(learned, temps[0]), e.y),
                     "equal_nll_scaled": _nll(scaled(half, temps[1]), e.y),
+                    "learned_temperature": temps[0],
+                    "equal_temperature": temps[1],
                     "specialist_weight": float(np.mean([w.mean() for w in e.gates])),
                     "specialist_weight_sd": float(weights.std()),
                     "routed_weight": float(_routed_weight(e).mean()),
@@ -277,6 +280,7 @@ def gates_markdown(table: pd.DataFrame) -> str:
         "1/2 NLL",
         "learned NLL, T-scaled",
         "1/2 NLL, T-scaled",
+        "T learned / 1/2",
         "weight on specialist: mean (sd), every gate",
         "routed gate's weight on specialist",
     ]
@@ -293,6 +297,7 @@ def gates_markdown(table: pd.DataFrame) -> str:
                     f"{r['equal_nll']:.4f}",
                     f"{r['learned_nll_scaled']:.4f}",
                     f"{r['equal_nll_scaled']:.4f}",
+                    f"{r['learned_temperature']:.2f} / {r['equal_temperature']:.2f}",
                     f"{r['specialist_weight']:.3f} ({r['specialist_weight_sd']:.3f})",
                     f"{r['routed_weight']:.3f}",
                 ]
@@ -302,8 +307,9 @@ def gates_markdown(table: pd.DataFrame) -> str:
         "\nThe mixture under soft routing with the learned gates and with every gate fixed "
         "at 1/2, on val (the gates' early-stopping split) and test. NLL: mean negative "
         "log-likelihood of the true class. T-scaled: each predictor's output at the one "
-        "temperature that minimises its val NLL (fitted on val, so the val rows are "
-        "in-sample; scaling moves no prediction, so accuracy is unchanged). The weight "
+        "temperature T (p^(1/T), renormalised; T < 1 sharpens) that minimises its val "
+        "NLL (fitted on val, so the val rows are in-sample; scaling moves no prediction, "
+        "so accuracy is unchanged). The weight "
         "on the specialist: mean and sd over every gate and image, which mixes the routed "
         "gate with the one the routing all but ignores; and the mean of the routed gate's "
         "(the group the routing ranks first). The evidence holds no probabilities on the "

@@ -69,7 +69,7 @@ class Comparison:
 
 
 TWO_BASES = "two_bases_control_accuracy"
-# The decisive comparisons: does the hierarchy beat an ensemble of the same cost (issue
+# The decisive comparisons: does the hierarchy beat an ensemble of similar cost (issue
 # 23), its base, and the same mixture with every gate fixed at 1/2 (issue 33)?
 DECISIVE = (
     Comparison(
