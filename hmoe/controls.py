@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hmoe.evidence import given_group
 from hmoe.mixture import Outputs, combine, ensemble, one_hot, route_weights
+from hmoe.oracle import given_group
 
 # Controls that a person could deploy instead of the mixture; two_bases only when a
 # second base was trained (`controls.second_base`).

@@ -45,30 +45,10 @@ class SplitEvidence:
     router_net: np.ndarray | None  # (N, G) the router network's own
     gates: tuple[np.ndarray, ...]  # G x (N,) weight on the specialist
     second_base: np.ndarray | None  # (N, C)
-    names: tuple[str, ...] = ()  # the groups' names, when the file records them
 
     def gate_weights(self) -> list[np.ndarray]:
         """Each gate's (N, 2) weights: on the base, on its specialist."""
         return [np.stack([1 - w, w], axis=1).astype(np.float32) for w in self.gates]
-
-    def group_of_class(self) -> np.ndarray:
-        """(C,) each class's group: the group whose specialist covers it (an embedded
-        specialist is exactly zero outside its classes)."""
-        owner = np.stack([spec.sum(axis=0) > 0 for spec in self.specialists])
-        return np.argmax(owner, axis=0)
-
-    def true_group(self) -> np.ndarray:
-        """(N,) each image's true group, what oracle routing is handed."""
-        return self.group_of_class()[self.y]
-
-    def oracle(self) -> np.ndarray:
-        """Oracle routing: the true group's branch, as `evaluate` scores it."""
-        n_groups = len(self.specialists)
-        route = np.eye(n_groups, dtype=np.float32)[self.true_group()]
-        return sum(
-            route[:, g : g + 1] * branch(w, self.base, spec)
-            for g, (w, spec) in enumerate(zip(self.gate_weights(), self.specialists, strict=True))
-        )
 
     def mixture(self, routing: str) -> np.ndarray:
         """The mixture's distribution under ``routing`` (hard or soft)."""
@@ -91,19 +71,6 @@ def routes(router: np.ndarray, routing: str) -> np.ndarray:
 def branch(gate_w: np.ndarray, base: np.ndarray, spec: np.ndarray) -> np.ndarray:
     """A gated branch: w0 x base + w1 x specialist, row-wise."""
     return gate_w[:, :1] * base + gate_w[:, 1:2] * spec
-
-
-def given_group(
-    probs: np.ndarray, true_group: np.ndarray, group_of_class: Sequence[int]
-) -> np.ndarray:
-    """``probs`` told each image's true group: cut to that group's classes and
-    renormalised. Oracle routing is handed the true group; a control handed the same
-    (two bases given the true group) shows what that knowledge alone is worth, so the
-    oracle's lead over the unrouted control is not read as the specialists' doing.
-    """
-    allowed = np.asarray(group_of_class)[None, :] == np.asarray(true_group)[:, None]
-    cut = np.where(allowed, probs, 0.0).astype(np.float32)
-    return cut / np.maximum(cut.sum(axis=1, keepdims=True), np.float32(1e-12))
 
 
 def embed(spec: np.ndarray, class_ids: Sequence[int], n_classes: int) -> np.ndarray:
@@ -177,7 +144,6 @@ def evidence_from(a: Mapping[str, np.ndarray]) -> dict[str, SplitEvidence]:
             router_net=_optional(a, f"{s}_router_net"),
             gates=tuple(a[f"{s}_gate_{g}"].astype(np.float32) for g in names),
             second_base=_optional(a, f"{s}_second_base"),
-            names=tuple(names),
         )
     return found
 

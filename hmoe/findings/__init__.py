@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -43,6 +44,7 @@ from hmoe.findings.cascades import (
     oracle_markdown,
     oracle_table,
     read_evidence,
+    read_group_names,
     read_labels,
 )
 from hmoe.findings.figure import POINTS, findings_figure, point_table
@@ -140,7 +142,11 @@ def write_findings(frame: pd.DataFrame, out: Path, reference: str) -> list[Path]
     sections = (
         ("Oracle routing against two bases told the same group", oracle_markdown, oracle_table),
         ("The gates, learned against fixed 1/2", gates_markdown, gate_table),
-        ("The experts' confidence against their accuracy", calibration_markdown, calibration_table),
+        (
+            "The experts' confidence against their accuracy",
+            calibration_markdown,
+            partial(calibration_table, names=read_group_names(out)),
+        ),
     )
     for title, markdown, table in sections:
         text = markdown(table(evidence, reference))

@@ -11,16 +11,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 
-from hmoe.evidence import SplitEvidence, given_group, load_evidence
+from hmoe.evidence import SplitEvidence, load_evidence
 from hmoe.findings.tables import _row, header
 from hmoe.frontier import CASCADES, Costs, seed_frontiers
+from hmoe.oracle import given_group, group_of_class, oracle, true_group
 from hmoe.stats import t_interval
 
 logger = logging.getLogger("hmoe.findings")
@@ -57,6 +58,15 @@ def read_labels(out: Path) -> dict[Key, dict[str, np.ndarray]]:
 def read_evidence(out: Path) -> dict[Key, dict[str, SplitEvidence]]:
     """``out``/evidence: each configuration x seed's per-image probabilities."""
     return {key: load_evidence(path) for key, path in _files(out / "evidence").items()}
+
+
+def read_group_names(out: Path) -> dict[Key, list[str]]:
+    """``out``/evidence: each file's group names, in the specialists' order."""
+    names = {}
+    for key, path in _files(out / "evidence").items():
+        with np.load(path) as f:
+            names[key] = [str(g) for g in f["groups"]]
+    return names
 
 
 def frontier_table(
@@ -153,12 +163,12 @@ def oracle_table(evidence: Mapping[Key, Mapping[str, SplitEvidence]], config: st
         e = ev.get("test")
         if c != config or e is None or e.second_base is None:
             continue
-        group, of_class = e.true_group(), e.group_of_class()
+        group, of_class = true_group(e), group_of_class(e)
         two = (e.base + e.second_base) / 2
         rows.append(
             {
                 "seed": seed,
-                "oracle": _acc(e.oracle(), e.y),
+                "oracle": _acc(oracle(e), e.y),
                 "two_bases": _acc(two, e.y),
                 "two_bases_given_group": _acc(given_group(two, group, of_class), e.y),
                 "base_given_group": _acc(given_group(e.base, group, of_class), e.y),
@@ -320,18 +330,21 @@ def gates_markdown(table: pd.DataFrame) -> str:
 
 
 def calibration_table(
-    evidence: Mapping[Key, Mapping[str, SplitEvidence]], config: str
+    evidence: Mapping[Key, Mapping[str, SplitEvidence]],
+    config: str,
+    names: Mapping[Key, Sequence[str]] | None = None,
 ) -> pd.DataFrame:
     """Per seed, split and expert: mean top probability, accuracy and expected
     calibration error. The base over every image; a specialist over its own group's
-    images, on its own classes (what it is asked when routed there).
+    images, on its own classes (what it is asked when routed there), named by its group
+    where ``names`` has the file's group names (by its index otherwise).
     """
     rows = []
     for (c, seed), ev in sorted(evidence.items()):
         if c != config:
             continue
         for split, e in ev.items():
-            for expert, probs, y in _experts(e):
+            for expert, probs, y in _experts(e, (names or {}).get((c, seed), ())):
                 rows.append(
                     {"seed": seed, "split": split, "expert": expert}
                     | {"confidence": float(probs.max(axis=1).mean()), "accuracy": _acc(probs, y)}
@@ -340,15 +353,15 @@ def calibration_table(
     return pd.DataFrame(rows)
 
 
-def _experts(e: SplitEvidence) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _experts(e: SplitEvidence, names: Sequence[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, probabilities, labels): the base on every image, each specialist on its
     group's images over its own classes (labels re-indexed into them)."""
     found = [("base", e.base, e.y)]
-    of_class = e.group_of_class()
+    of_class = group_of_class(e)
     for g, spec in enumerate(e.specialists):
         own = np.flatnonzero(of_class == g)
         sel = of_class[e.y] == g
-        name = e.names[g] if g < len(e.names) else str(g)
+        name = names[g] if g < len(names) else str(g)
         found.append((f"specialist {name}", spec[sel][:, own], np.searchsorted(own, e.y[sel])))
     return found
 

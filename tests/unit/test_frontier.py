@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from hmoe.data.storage import atomic_write
-from hmoe.evidence import SplitEvidence, embed, evidence_writer, given_group, load_evidence
+from hmoe.evidence import SplitEvidence, embed, evidence_writer, load_evidence
 from hmoe.findings import write_findings
 from hmoe.findings.cascades import (
     budget_comparison,
@@ -28,6 +28,7 @@ from hmoe.frontier import (
     frontier,
     second_opinion,
 )
+from hmoe.oracle import given_group, group_of_class, oracle, true_group
 from hmoe.stats import t_interval
 
 IDS = {"artificial": [0, 1, 8, 9], "natural": [2, 3, 4, 5, 6, 7]}
@@ -251,14 +252,14 @@ def test_two_bases_told_the_true_group_keep_only_its_classes():
         gates=[[0.5, 0.5], [0.5, 0.5]],
         specs=[[[0.2, 0.8, 0.0], [0.9, 0.1, 0.0]], [[0, 0, 1.0], [0, 0, 1.0]]],
     )
-    assert e.group_of_class().tolist() == [0, 0, 1]
-    assert e.true_group().tolist() == [0, 1]
-    told = given_group((e.base + e.second_base) / 2, e.true_group(), e.group_of_class())
+    assert group_of_class(e).tolist() == [0, 0, 1]
+    assert true_group(e).tolist() == [0, 1]
+    told = given_group((e.base + e.second_base) / 2, true_group(e), group_of_class(e))
     np.testing.assert_allclose(told, [[0.25, 0.75, 0.0], [0.0, 0.0, 1.0]], atol=1e-6)
     table = oracle_table({("default", 1): {"test": e}}, "default").iloc[0]
     assert table["two_bases"] == 0.0 and table["two_bases_given_group"] == 1.0
     # the oracle takes the true group's branch: 1/2 base + 1/2 its specialist
-    np.testing.assert_allclose(e.oracle()[1], [0.25, 0.05, 0.7], atol=1e-6)
+    np.testing.assert_allclose(oracle(e)[1], [0.25, 0.05, 0.7], atol=1e-6)
     assert table["oracle"] == 1.0
 
 
@@ -268,10 +269,10 @@ def test_the_oracle_in_the_evidence_is_evaluates():
     from hmoe import mixture
 
     e = synthetic(200, 11)
-    group = e.true_group()
+    group = true_group(e)
     assert group.tolist() == [0 if c in IDS["artificial"] else 1 for c in e.y]
     expected = mixture.combine(mixture.one_hot(group, 2), e.gate_weights(), e.base, e.specialists)
-    np.testing.assert_allclose(e.oracle(), expected, atol=1e-6)
+    np.testing.assert_allclose(oracle(e), expected, atol=1e-6)
 
 
 def test_an_under_confident_expert_shows_confidence_below_accuracy():
@@ -285,12 +286,14 @@ def test_an_under_confident_expert_shows_confidence_below_accuracy():
         gates=[[0.5, 0.5], [0.5, 0.5]],
         specs=[[[0.9, 0.1, 0.0], [0.2, 0.8, 0.0]], [[0, 0, 1.0], [0, 0, 1.0]]],
     )
-    table = calibration_table({("default", 1): {"test": e}}, "default").set_index("expert")
+    found = {("default", 1): {"test": e}}
+    table = calibration_table(found, "default", {("default", 1): ["a", "b"]})
+    table = table.set_index("expert")
     assert table.loc["base", "confidence"] == pytest.approx(0.6)
     assert table.loc["base", "accuracy"] == 1.0
-    assert table.loc["specialist 0", "images"] == 1  # image 1 alone is group 0's
-    assert table.loc["specialist 0", "confidence"] == pytest.approx(0.9)
-    assert table.loc["specialist 1", "accuracy"] == 1.0
+    assert table.loc["specialist a", "images"] == 1  # image 1 alone is group a's
+    assert table.loc["specialist a", "confidence"] == pytest.approx(0.9)
+    assert table.loc["specialist b", "accuracy"] == 1.0
     assert "In 2 of 3 rows the mean top probability is below" in calibration_markdown(
         table.reset_index()
     )
