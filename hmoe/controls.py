@@ -2,9 +2,10 @@
 
 Each is a distribution per image, so differences come from how the experts are
 combined (or, for ``two_bases``, from a second network of the base's recipe), not
-from the scoring. The oracle routing (true group) is an upper bound for a better
-router, not a control: it needs the labels. Its own control, ``oracle_two_bases``, is
-handed the same true group: the two bases' average cut to that group's classes.
+from the scoring. The oracle routing (true group) bounds what a better router could
+do with these networks, and is not a control: it needs the labels. Its own control,
+``oracle_two_bases``, is handed the same true group: the two bases' average cut to that
+group's classes.
 """
 
 from __future__ import annotations

@@ -107,9 +107,11 @@ def findings_markdown(
             f"![test accuracy against inference multiply-adds per image]({picture})\n\n"
             "Left: one point per configuration and predictor, with its 95 % t-interval over "
             "the seeds, and the cascades' frontier where the sweep saved its evidence; oracle "
-            "routing (hollow) knows each image's true group, so it is an upper bound, not a "
-            "deployable model, drawn just right of hard routing's cost (it runs one "
-            "specialist per image, as hard routing does). Right: each predictor minus two "
+            "routing (hollow circle) knows each image's true group, so it is not a deployable "
+            "model, drawn just right of hard routing's cost (it runs one specialist per "
+            "image, as hard routing does); where the evidence has it, its fair control, two "
+            "bases told the same group (hollow diamond, just left of two bases' cost). "
+            "Right: each predictor minus two "
             "bases, seed by seed (dots), their mean (diamond) and its 95 % t-interval.\n"
         )
     parts += [part for part in extra if part]
@@ -128,8 +130,9 @@ def write_findings(frame: pd.DataFrame, out: Path, reference: str) -> list[Path]
     frame = _as_text(frame, ("commit", "machine"))
     labels, evidence = read_labels(out), read_evidence(out)
     frontier = frontier_table(frame, evidence, reference)
+    told = oracle_table(evidence, reference)
     written = []
-    fig = findings_figure(frame, frontier)
+    fig = findings_figure(frame, frontier, told)
     if fig is not None:
         fig.savefig(out / "findings.png", dpi=110)
         plt.close(fig)
@@ -140,7 +143,7 @@ def write_findings(frame: pd.DataFrame, out: Path, reference: str) -> list[Path]
     if not frontier.empty:
         extra.append("## The cascades' frontier\n\n" + frontier_markdown(frontier, reference))
     sections = (
-        ("Oracle routing against two bases told the same group", oracle_markdown, oracle_table),
+        ("Oracle routing against two bases told the same group", oracle_markdown, lambda *_: told),
         ("The gates, learned against fixed 1/2", gates_markdown, gate_table),
         (
             "The experts' confidence against their accuracy",

@@ -322,3 +322,16 @@ def test_the_routed_gate_is_the_one_the_routing_picks():
     table = gate_table({("default", 1): {"test": e}}, "default").iloc[0]
     assert table["routed_weight"] == pytest.approx(0.85)  # 0.8 (gate 0), 0.9 (gate 1)
     assert table["specialist_weight"] == pytest.approx(0.45)  # mean over both gates
+
+
+def test_the_picture_draws_the_oracles_control_beside_two_bases():
+    from hmoe.findings.figure import TOLD_LABEL, findings_figure
+
+    row = {"config": "default", "two_bases_control_accuracy": 0.89, "oracle_accuracy": 0.894}
+    row |= {"cost_inference_mmacs_two_bases": 650.0, "cost_inference_mmacs_hard": 651.0}
+    frame = pd.DataFrame([row | {"seed": s} for s in (44, 45)])
+    told = pd.DataFrame({"seed": [44, 45], "two_bases_given_group": [0.905, 0.906]})
+    for given, drawn in ((told, True), (None, False)):
+        fig = findings_figure(frame, None, given)
+        texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert any(t.startswith(TOLD_LABEL) for t in texts) is drawn
