@@ -2,20 +2,27 @@
 
 Each is a distribution per image, so differences come from how the experts are
 combined (or, for ``two_bases``, from a second network of the base's recipe), not
-from the scoring. The oracle routing (true group) is an upper bound for a better
-router, not a control: it needs the labels.
+from the scoring. The oracle routing (true group) bounds what a better router could
+do with these networks, and is not a control: it needs the labels. Its own control,
+``oracle_two_bases``, is handed the same true group: the two bases' average cut to that
+group's classes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from hmoe.mixture import Outputs, combine, ensemble, one_hot, route_weights
+from hmoe.oracle import given_group
 
 # Controls that a person could deploy instead of the mixture; two_bases only when a
 # second base was trained (`controls.second_base`).
 FAIR_CONTROLS = ("base", "product", "equal_gates", "ensemble", "two_bases")
 ROUTED = ("hard", "soft", "oracle")  # the mixture under each routing
+# Told the true group, as the oracle is; not deployable either (it needs the labels).
+ORACLE_CONTROL = "oracle_two_bases"
 
 
 def product(out: Outputs) -> np.ndarray:
@@ -35,11 +42,14 @@ def all_probs(
     true_group: np.ndarray,
     routing: str,
     second_base: np.ndarray | None = None,
+    group_of_class: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """The mixture under every routing and every fair control, as distributions.
 
     ``second_base``: the second base's probabilities on the same images (with the same
     test-time views), when one was trained; the control averages it with the base.
+    With ``group_of_class`` (each class's group) as well, ``oracle_two_bases`` is that
+    average given ``true_group``, the oracle's fair control.
     """
     n_groups = out.router.shape[1]
     probs = {
@@ -53,4 +63,6 @@ def all_probs(
     }
     if second_base is not None:
         probs["two_bases"] = (out.base + second_base) / 2
+        if group_of_class is not None:
+            probs[ORACLE_CONTROL] = given_group(probs["two_bases"], true_group, group_of_class)
     return probs

@@ -1,16 +1,19 @@
 """Accuracy against inference cost: confidence cascades from the saved probabilities.
 
-Both cascades run the base on every image and ask for a second opinion only where the
+Every cascade runs the base on every image and asks for a second opinion only where the
 base's top probability is below a threshold τ:
 
-- **mixture cascade**: the router head and the routed specialist, weighed with the base
-  by that group's gate (hard routing, on the escalated images only);
-- **ensemble cascade**: a second base, averaged with the first.
+- **hard cascade** (``hard``): the router head and the routed specialist, weighed with
+  the base by that group's gate (hard routing, on the escalated images only);
+- **soft cascade** (``soft``): the whole mixture under soft routing (the router head and
+  every specialist, each branch weighed by the routing distribution), the default
+  mixture's own output, bought only for the escalated images;
+- **ensemble cascade** (``ensemble``): a second base, averaged with the first.
 
 τ is chosen on val, for each inference budget (average multiply-adds per image), as the
 threshold with the best val accuracy among those whose val escalation fits the budget;
-the test split is then only scored. The comparison at equal budget asks whether a
-specialist is a better second opinion than a second base, with the same networks.
+the test split is then only scored. The comparison at equal budget asks whether the
+specialists are a better second opinion than a second base, with the same networks.
 Pure numpy over :class:`hmoe.evidence.SplitEvidence`: nothing is trained or run.
 """
 
@@ -24,7 +27,7 @@ import pandas as pd
 
 from hmoe.evidence import SplitEvidence, branch
 
-CASCADES = ("mixture", "ensemble")
+CASCADES = ("hard", "soft", "ensemble")
 # The candidate escalated fractions on val: fine steps, so that a budget is used closely.
 FRACTIONS = np.linspace(0.0, 1.0, 201)
 
@@ -32,7 +35,8 @@ FRACTIONS = np.linspace(0.0, 1.0, 201)
 @dataclass(frozen=True)
 class Costs:
     """Multiply-adds per image (millions, with the test-time views): the base, and what a
-    second opinion adds (the router head and one specialist; a second base).
+    second opinion adds (the router head and one specialist; the router head and every
+    specialist; a second base). A cascade without its cost is left out of the frontier.
     """
 
     base: float
@@ -42,13 +46,12 @@ class Costs:
     def from_row(cls, row: Mapping[str, float]) -> Costs:
         """From a findings row's inference costs (evaluate's ``cost_inference_mmacs_*``)."""
         base = float(row["cost_inference_mmacs_base"])
-        return cls(
-            base,
-            {
-                "mixture": float(row["cost_inference_mmacs_hard"]) - base,
-                "ensemble": float(row["cost_inference_mmacs_two_bases"]) - base,
-            },
-        )
+        extra = {}
+        for cascade, name in (("hard", "hard"), ("soft", "soft"), ("ensemble", "two_bases")):
+            cost = row.get(f"cost_inference_mmacs_{name}")
+            if cost is not None and np.isfinite(cost):
+                extra[cascade] = float(cost) - base
+        return cls(base, extra)
 
 
 def second_opinion(ev: SplitEvidence, cascade: str) -> np.ndarray:
@@ -57,7 +60,9 @@ def second_opinion(ev: SplitEvidence, cascade: str) -> np.ndarray:
         if ev.second_base is None:
             raise ValueError("the ensemble cascade needs a second base (controls.second_base)")
         return (ev.base + ev.second_base) / 2
-    if cascade != "mixture":
+    if cascade == "soft":
+        return ev.mixture("soft")
+    if cascade != "hard":
         raise ValueError(f"cascade must be one of {CASCADES}, got {cascade!r}")
     route = np.argmax(ev.router, axis=1)
     out = np.empty_like(ev.base)
@@ -124,13 +129,14 @@ def budgets(costs: Costs, n: int = 11) -> np.ndarray:
 def frontier(
     val: SplitEvidence, test: SplitEvidence, costs: Costs, grid: Sequence[float]
 ) -> pd.DataFrame:
-    """For each budget and cascade: τ (chosen on val), val and test escalated fractions,
-    test accuracy and test MMACs per image; one row each.
+    """For each budget and cascade with a cost in ``costs``: τ (chosen on val), val and
+    test escalated fractions, test accuracy and test MMACs per image; one row each.
     """
     rows = []
-    outcomes = {c: (Outcomes.of(val, c), Outcomes.of(test, c)) for c in CASCADES}
+    cascades = [c for c in CASCADES if c in costs.extra]
+    outcomes = {c: (Outcomes.of(val, c), Outcomes.of(test, c)) for c in cascades}
     for budget in grid:
-        for cascade in CASCADES:
+        for cascade in cascades:
             on_val, on_test = outcomes[cascade]
             extra = costs.extra[cascade]
             allowed = (budget - costs.base) / extra if extra > 0 else 1.0

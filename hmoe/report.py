@@ -48,6 +48,7 @@ HEADLINE = (
     ("product_control_accuracy", "router x specialist, no gates"),
     ("equal_gates_control_accuracy", "equal gates (1/2 base, 1/2 specialist)"),
     ("oracle_accuracy", "oracle routing (true group)"),
+    ("oracle_two_bases_accuracy", "two bases told the true group (the oracle's control)"),
     ("hard_accuracy", "hard routing"),
     ("soft_accuracy", "soft routing"),
     ("router_accuracy", "routing (group accuracy, after mixture.router_fusion)"),

@@ -10,10 +10,12 @@ The folder holds ``findings.csv`` (one row per configuration x seed, written by
 - ``findings.md``: every accuracy and cost per configuration (mean ± sd over seeds,
   paired differences with their t-intervals, :mod:`.tables`); the decisive comparisons
   (mixture soft and hard against two bases, mixture against base and against fixed 1/2
-  gates: the mean paired difference with its 95 % t-interval over seeds, and per seed
-  McNemar's exact test on the test images); the accuracy-inference-cost frontier of the
-  confidence cascades and the gate diagnostics (:mod:`.cascades`, from the evidence);
-  and the provenance (commits, machines, wall time per seed).
+  gates: the mean paired difference with its 95 % t-interval over seeds, the bootstrap
+  interval over seeds and test images, each machine's mean, and per seed McNemar's
+  exact test on the test images); from the evidence (:mod:`.cascades`), the
+  accuracy-inference-cost frontier of the confidence cascades, oracle routing against
+  two bases told the same true group, the gate diagnostics and the experts'
+  calibration; and the provenance (commits, machines, wall time per seed).
 - ``findings.png`` (:mod:`.figure`): test accuracy against inference multiply-adds per
   image with the cascades' frontier, beside the paired differences against two bases.
 
@@ -26,17 +28,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from hmoe.findings.cascades import (
+    calibration_markdown,
+    calibration_table,
     frontier_markdown,
     frontier_table,
     gate_table,
     gates_markdown,
+    oracle_markdown,
+    oracle_table,
     read_evidence,
+    read_group_names,
     read_labels,
 )
 from hmoe.findings.figure import POINTS, findings_figure, point_table
@@ -87,7 +95,8 @@ def findings_markdown(
     ``extra`` sections and the provenance, each only when the files have what it needs.
     """
     parts = [_configuration_table(frame, reference)]
-    decisive, mcnemar = _decisive_markdown(frame), _mcnemar_markdown(frame, labels or {})
+    decisive = _decisive_markdown(frame, labels)
+    mcnemar = _mcnemar_markdown(frame, labels or {})
     if decisive or mcnemar:
         parts.append("## The decisive comparisons\n\n" + decisive)
         if mcnemar:
@@ -98,9 +107,11 @@ def findings_markdown(
             f"![test accuracy against inference multiply-adds per image]({picture})\n\n"
             "Left: one point per configuration and predictor, with its 95 % t-interval over "
             "the seeds, and the cascades' frontier where the sweep saved its evidence; oracle "
-            "routing (hollow) knows each image's true group, so it is an upper bound, not a "
-            "deployable model, drawn just right of hard routing's cost (it runs one "
-            "specialist per image, as hard routing does). Right: each predictor minus two "
+            "routing (hollow circle) knows each image's true group, so it is not a deployable "
+            "model, drawn just right of hard routing's cost (it runs one specialist per "
+            "image, as hard routing does); where the evidence has it, its fair control, two "
+            "bases told the same group (hollow diamond, just left of two bases' cost). "
+            "Right: each predictor minus two "
             "bases, seed by seed (dots), their mean (diamond) and its 95 % t-interval.\n"
         )
     parts += [part for part in extra if part]
@@ -119,8 +130,9 @@ def write_findings(frame: pd.DataFrame, out: Path, reference: str) -> list[Path]
     frame = _as_text(frame, ("commit", "machine"))
     labels, evidence = read_labels(out), read_evidence(out)
     frontier = frontier_table(frame, evidence, reference)
+    told = oracle_table(evidence, reference)
     written = []
-    fig = findings_figure(frame, frontier)
+    fig = findings_figure(frame, frontier, told)
     if fig is not None:
         fig.savefig(out / "findings.png", dpi=110)
         plt.close(fig)
@@ -130,9 +142,19 @@ def write_findings(frame: pd.DataFrame, out: Path, reference: str) -> list[Path]
     extra = []
     if not frontier.empty:
         extra.append("## The cascades' frontier\n\n" + frontier_markdown(frontier, reference))
-    gates = gates_markdown(gate_table(evidence, reference))
-    if gates:
-        extra.append("## The gates, learned against fixed 1/2\n\n" + gates)
+    sections = (
+        ("Oracle routing against two bases told the same group", oracle_markdown, lambda *_: told),
+        ("The gates, learned against fixed 1/2", gates_markdown, gate_table),
+        (
+            "The experts' confidence against their accuracy",
+            calibration_markdown,
+            partial(calibration_table, names=read_group_names(out)),
+        ),
+    )
+    for title, markdown, table in sections:
+        text = markdown(table(evidence, reference))
+        if text:
+            extra.append(f"## {title}\n\n{text}")
     picture = "findings.png" if fig is not None else None
     text = findings_markdown(frame, reference, picture, labels, extra)
     (out / "findings.md").write_text(text)

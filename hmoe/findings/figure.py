@@ -33,7 +33,8 @@ class Point:
 
 
 # Oracle routing runs one specialist per image, as hard routing does: drawn at its cost.
-ORACLE_LABEL = "oracle routing (upper bound, not deployable)"
+ORACLE_LABEL = "oracle routing (told each image's group; not deployable)"
+TOLD_LABEL = "two bases told the group (the oracle's control)"
 POINTS = tuple(
     Point(kind, f"{accuracy}_accuracy", f"cost_inference_mmacs_{cost}", label, marker, control)
     for kind, accuracy, cost, label, marker, control in (
@@ -93,10 +94,16 @@ AGAINST_TWO_BASES = (
 )
 
 
-def findings_figure(frame: pd.DataFrame, frontier: pd.DataFrame | None = None) -> Figure | None:
+def findings_figure(
+    frame: pd.DataFrame,
+    frontier: pd.DataFrame | None = None,
+    told: pd.DataFrame | None = None,
+) -> Figure | None:
     """Left: test accuracy (%) against inference MMACs per image, one point per
     configuration and predictor with its 95 % t-interval over seeds, and the cascades'
-    mean frontier with each seed's points when ``frontier`` has them. Right: each
+    mean frontier with each seed's points when ``frontier`` has them, and oracle
+    routing's fair control (two bases told the true group, hollow) when ``told`` (the
+    findings' oracle table, from the evidence) has it. Right: each
     predictor minus two bases, seed by seed, with the mean and its 95 % t-interval (the
     paired comparison, far tighter than the two intervals on the left). None if the CSV
     has no such point.
@@ -109,6 +116,8 @@ def findings_figure(frame: pd.DataFrame, frontier: pd.DataFrame | None = None) -
     _points_panel(ax, frame, points)
     if frontier is not None and not frontier.empty:
         _frontier_curves(ax, frontier)
+    if told is not None and not told.empty and _has(frame, "cost_inference_mmacs_two_bases"):
+        _told_point(ax, told, float(frame["cost_inference_mmacs_two_bases"].mean()))
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     _differences_panel(right, frame)
     seeds = sorted(frame["seed"].unique().tolist())
@@ -150,14 +159,29 @@ def _frontier_curves(ax: Any, frontier: pd.DataFrame) -> None:
     """Each cascade's mean test accuracy against its mean test MMACs over the budgets,
     with every seed's points faint behind it."""
     n = frontier["seed"].nunique()
-    for cascade, colour in (("mixture", "C6"), ("ensemble", "C7")):
+    for cascade, colour in (("hard", "C6"), ("soft", "C8"), ("ensemble", "C7")):
         rows = frontier[frontier["cascade"] == cascade]
+        if rows.empty:
+            continue
         ax.plot(rows["test_mmacs"], 100 * rows["test_accuracy"], ".", color=colour, alpha=0.3)
         mean = rows.groupby("budget_mmacs")[["test_mmacs", "test_accuracy"]].mean()
         ax.plot(
             mean["test_mmacs"], 100 * mean["test_accuracy"], "-", color=colour,
             label=f"{cascade} cascade (mean of {n} seed{'s' * (n > 1)}; dots: seeds)",
         )  # fmt: skip
+
+
+def _told_point(ax: Any, told: pd.DataFrame, mmacs: float) -> None:
+    """Two bases told the true group: mean over its seeds with the t-interval, hollow
+    (it needs the labels), just left of two bases' cost."""
+    values = told.sort_values("seed")["two_bases_given_group"].to_numpy(dtype=float)
+    mean, lo, hi, _ = t_interval(values)
+    bars = None if not np.isfinite(lo) else 100 * np.array([[mean - lo], [hi - mean]])
+    seeds = ", ".join(str(int(s)) for s in sorted(told["seed"]))  # may be fewer than all
+    ax.errorbar(
+        [mmacs * 0.96], [100 * mean], yerr=bars, fmt="D", color="C5", mfc="none", ms=8,
+        capsize=4, label=f"{TOLD_LABEL}, seeds {seeds}",
+    )  # fmt: skip
 
 
 def _differences_panel(ax: Any, frame: pd.DataFrame) -> None:

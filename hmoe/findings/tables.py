@@ -2,7 +2,9 @@
 the decisive paired comparisons over seeds, McNemar per seed, and the provenance.
 
 Every "±" in them is a standard deviation over seeds, and says so; every interval is a
-95 % t-interval of the per-seed paired differences (:func:`hmoe.stats.t_interval`).
+95 % t-interval of the per-seed paired differences (:func:`hmoe.stats.t_interval`), which
+holds the test images fixed, or, where the labels allow and the column says so, a
+bootstrap over seeds and test images together (:func:`hmoe.stats.seed_image_bootstrap`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hmoe.stats import compare, t_interval
+from hmoe.stats import compare, seed_image_bootstrap, t_interval
 
 # What findings.md averages, in this order (those a configuration has).
 ACCURACIES = (
@@ -28,6 +30,7 @@ ACCURACIES = (
     "hard_accuracy",
     "soft_accuracy",
     "oracle_accuracy",
+    "oracle_two_bases_accuracy",
     "router_accuracy",
     "router_net_accuracy",
     "base_group_accuracy",
@@ -66,7 +69,7 @@ class Comparison:
 
 
 TWO_BASES = "two_bases_control_accuracy"
-# The decisive comparisons: does the hierarchy beat an ensemble of the same cost (issue
+# The decisive comparisons: does the hierarchy beat an ensemble of similar cost (issue
 # 23), its base, and the same mixture with every gate fixed at 1/2 (issue 33)?
 DECISIVE = (
     Comparison(
@@ -195,11 +198,13 @@ def _has(frame: pd.DataFrame, *columns: str) -> bool:
     return all(c in frame and frame[c].notna().any() for c in columns)
 
 
-def decisive_table(frame: pd.DataFrame) -> pd.DataFrame:
+def decisive_table(frame: pd.DataFrame, labels: Labels | None = None) -> pd.DataFrame:
     """Per configuration and :data:`DECISIVE` comparison the CSV can compute: the mean
     paired difference over seeds (a fraction), its 95 % t-interval and paired t-test p.
     Paired by seed because both sides share the seed's data split and base, so what
-    moves both together cancels out.
+    moves both together cancels out. The t-interval treats the test set as fixed; where
+    ``labels`` hold every seed's test labels of both sides, ``boot_low`` .. ``boot_high``
+    is the interval with the test images' sampling added (NaN otherwise).
     """
     rows = []
     for name, group in frame.groupby("config", sort=False):
@@ -209,10 +214,47 @@ def decisive_table(frame: pd.DataFrame) -> pd.DataFrame:
             d = (group[c.a] - group[c.b]).to_numpy(dtype=float)
             mean, lo, hi, p = t_interval(d)
             n = int(np.isfinite(d).sum())
+            boot = _image_bootstrap(name, group["seed"], c, labels or {})
             rows.append(
                 {"config": name, "comparison": c.label, "seeds": n}
                 | {"mean": mean, "ci_low": lo, "ci_high": hi, "p": p}
+                | {"boot_low": boot[0], "boot_high": boot[1]}
             )
+    return pd.DataFrame(rows)
+
+
+def _image_bootstrap(
+    config: str, seeds: Iterable[int], c: Comparison, labels: Labels
+) -> tuple[float, float]:
+    """The seeds-and-images bootstrap of one comparison, from every seed's test labels;
+    NaN when a seed's labels are missing or the seeds were not scored on one test set."""
+    found = [labels.get((config, int(s))) for s in seeds]
+    if not found or any(f is None or c.a_key not in f or c.b_key not in f for f in found):
+        return float("nan"), float("nan")
+    y = found[0]["y"]
+    if any(len(f["y"]) != len(y) or np.any(f["y"] != y) for f in found):
+        return float("nan"), float("nan")
+    d = np.stack([(f[c.a_key] == y).astype(float) - (f[c.b_key] == y) for f in found])
+    return seed_image_bootstrap(d)
+
+
+def machine_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration, :data:`DECISIVE` comparison and machine: the seeds and their
+    mean paired difference. Pooling seeds across CPUs assumes the difference depends on
+    neither the CPU nor what else changed between the runs; this shows each part apart.
+    """
+    if "machine" not in frame or frame["machine"].nunique() < 2:
+        return pd.DataFrame()
+    rows = []
+    for (name, machine), group in frame.groupby(["config", "machine"], sort=False):
+        for c in DECISIVE:
+            if _has(group, c.a, c.b):
+                d = (group[c.a] - group[c.b]).to_numpy(dtype=float)
+                seeds = ", ".join(str(s) for s in sorted(group["seed"]))
+                rows.append(
+                    {"config": name, "comparison": c.label, "machine": machine}
+                    | {"seeds": seeds, "mean": float(np.nanmean(d))}
+                )
     return pd.DataFrame(rows)
 
 
@@ -246,9 +288,10 @@ def _reading(lo: float, hi: float) -> str:
     return "not settled (interval spans 0)"
 
 
-def _decisive_markdown(frame: pd.DataFrame) -> str:
-    """The across-seeds table of the decisive comparisons ('' when none can be computed)."""
-    table = decisive_table(frame)
+def _decisive_markdown(frame: pd.DataFrame, labels: Labels | None = None) -> str:
+    """The across-seeds table of the decisive comparisons ('' when none can be computed),
+    then, when the seeds ran on more than one machine, each machine's part."""
+    table = decisive_table(frame, labels)
     if table.empty:
         return ""
     head = [
@@ -258,6 +301,7 @@ def _decisive_markdown(frame: pd.DataFrame) -> str:
         "mean difference (points)",
         "95 % t-interval (points)",
         "paired t-test p",
+        "95 % bootstrap over seeds and test images (points)",
         "reading",
     ]
     lines = header(head)
@@ -275,20 +319,57 @@ def _decisive_markdown(frame: pd.DataFrame) -> str:
             f"{100 * r['mean']:+.2f}",
             interval,
             p,
+            _span(r["boot_low"], r["boot_high"]),
             _reading(r["ci_low"], r["ci_high"]),
         ]
         lines.append(_row(cells))
     note = (
         "\nEach seed gives one paired difference of test accuracy (both sides share the "
         "seed's split and base); the table gives their mean in points, its 95 % "
-        "t-interval over the seeds and the paired t-test p. A reading needs an interval "
-        "that excludes 0.\n"
+        "t-interval over the seeds and the paired t-test p. That interval holds the "
+        "10,000 test images fixed: it says how far another seed would move the "
+        "difference on these images, not on new ones. The bootstrap column adds the "
+        "test images' sampling (percentile interval; each of 10,000 replicates draws "
+        "the seeds and, once for all of them, the test images with replacement, pairs "
+        "kept; from the saved labels, n/a without them). The reading uses the t-interval "
+        "and needs it to exclude 0.\n"
     )
     if table["comparison"].str.contains("two bases").any():
         note += (
             "Two bases: the base's softmax averaged with a second base's (same recipe, "
             "another seed), the plain ensemble the hierarchy has to beat.\n"
         )
+    return "\n".join(lines) + "\n" + note + _machine_markdown(frame)
+
+
+def _span(lo: float, hi: float) -> str:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "n/a"
+    return f"{100 * lo:+.2f} .. {100 * hi:+.2f}"
+
+
+def _machine_markdown(frame: pd.DataFrame) -> str:
+    """Each machine's mean difference ('' when every seed ran on one machine)."""
+    table = machine_table(frame)
+    if table.empty:
+        return ""
+    machines = list(dict.fromkeys(table["machine"]))
+    lines = ["", *header(["configuration", "comparison", *[f"{m}" for m in machines]])]
+    for (config, comparison), at in table.groupby(["config", "comparison"], sort=False):
+        by = at.set_index("machine")
+        cells = [
+            f"{100 * by.loc[m, 'mean']:+.2f} (seeds {by.loc[m, 'seeds']})"
+            if m in by.index
+            else "n/a"
+            for m in machines
+        ]
+        lines.append(_row([str(config), comparison, *cells]))
+    note = (
+        "\nBy machine: the mean paired difference, in points, of the seeds each machine "
+        "ran (too few for an interval each). The pooled figures above assume the "
+        "difference depends neither on the CPU nor on whatever else changed between the "
+        "machines' runs (the commit is in the provenance below).\n"
+    )
     return "\n".join(lines) + "\n" + note
 
 

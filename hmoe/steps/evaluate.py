@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from hmoe.controls import FAIR_CONTROLS, ROUTED, all_probs
+from hmoe.controls import FAIR_CONTROLS, ORACLE_CONTROL, ROUTED, all_probs
 from hmoe.costs import multiply_adds
 from hmoe.metrics import HEADLINE, accuracy, specialist_accuracy
 from hmoe.mixture import Mixture, Outputs, group_marginal, tta_views
@@ -53,7 +53,7 @@ def evaluate(
     weights = mixture.gate_weights(out)
     true_group = groups.labels(y)
     second = None if second_base is None else mixture.predict_network(second_base, x)
-    probs = all_probs(out, weights, true_group, mixture.routing, second)
+    probs = all_probs(out, weights, true_group, mixture.routing, second, groups.group_of_label())
     mixed = probs[mixture.routing]
     metrics = {
         "base_accuracy": accuracy(out.base, y),
@@ -66,6 +66,8 @@ def evaluate(
         metrics[f"specialist_{name}_accuracy"] = specialist_accuracy(out.specs[g], y, ids)
         metrics[f"gate_{name}_specialist_weight"] = float(weights[g][:, 1].mean())
     metrics["routing_loss"] = metrics["oracle_accuracy"] - metrics["hard_accuracy"]
+    if ORACLE_CONTROL in probs:  # oracle routing against two bases told the same group
+        metrics[f"{ORACLE_CONTROL}_accuracy"] = accuracy(probs[ORACLE_CONTROL], y)
     if out.router_net is not None:
         metrics["router_net_accuracy"] = accuracy(out.router_net, true_group)
     metrics["base_group_accuracy"] = accuracy(group_marginal(out.base, groups), true_group)

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from hmoe.controls import FAIR_CONTROLS, ROUTED, all_probs, equal_gates, product
+from hmoe.controls import (
+    FAIR_CONTROLS,
+    ORACLE_CONTROL,
+    ROUTED,
+    all_probs,
+    equal_gates,
+    product,
+)
 from hmoe.mixture import Outputs, combine, embed, one_hot, route_weights
 from hmoe.steps.evaluate import paired_metrics
 
@@ -60,6 +67,25 @@ def test_all_probs_are_the_routed_mixtures_and_every_fair_control(out, weights, 
     np.testing.assert_allclose(probs["equal_gates"], equal_gates(out, routing), atol=1e-6)
     np.testing.assert_allclose(probs["two_bases"], (out.base + second) / 2, atol=1e-6)
     assert "two_bases" not in all_probs(out, weights, true_group, routing)
+
+
+def test_the_oracles_control_is_two_bases_told_the_true_group(out, weights):
+    """Given each class's group, two bases keep only the true group's classes, each row
+    renormalised; the control is never a fair one (it needs the labels)."""
+    true_group = np.arange(len(out.base)) % 2
+    second = _dist(np.random.default_rng(2), len(out.base), 10)
+    of_class = (0, 0, 1, 1, 1, 1, 1, 1, 0, 0)
+    probs = all_probs(out, weights, true_group, "soft", second, of_class)
+    told = probs[ORACLE_CONTROL]
+    two = (out.base + second) / 2
+    artificial = [0, 1, 8, 9]
+    expected = two[0, artificial] / two[0, artificial].sum()  # image 0: group 0
+    np.testing.assert_allclose(told[0, artificial], expected, atol=1e-6)
+    assert told[0, 2:8].sum() == 0.0
+    assert told[1, artificial].sum() == 0.0  # image 1: group 1
+    np.testing.assert_allclose(told.sum(axis=1), 1.0, atol=1e-5)
+    assert ORACLE_CONTROL not in FAIR_CONTROLS
+    assert ORACLE_CONTROL not in all_probs(out, weights, true_group, "soft", None, of_class)
 
 
 def test_paired_metrics_picks_the_best_fair_control(out, weights):

@@ -98,6 +98,33 @@ def test_decisive_comparisons_are_paired_by_seed():
         "mixture (hard) - two bases",
         "mixture - base",
     }  # no fixed 1/2 gates in these rows: that comparison is left out
+    assert table["boot_low"].isna().all()  # no labels: no interval over the test images
+
+
+def test_the_decisive_table_adds_the_test_images_sampling_from_the_labels():
+    """Labels in which the mixture and the base differ on the same images in every seed:
+    the seeds agree exactly, so the bootstrap is the images' alone, and wider than 0."""
+    labels = {("default", seed): labels_with({"mixture_vs_base": (80, 20)}) for seed in SEEDS}
+    frame = pd.DataFrame(rows())
+    frame["mixture_accuracy"] = frame["base_accuracy"] + 60 / 150 + np.array([0, 1e-3, -1e-3])
+    table = decisive_table(frame, labels).set_index("comparison")
+    lo, hi = table.loc["mixture - base", ["boot_low", "boot_high"]]
+    assert lo < 60 / 150 < hi and hi - lo > 0.05
+    assert np.isnan(table.loc["mixture (soft) - two bases", "boot_low"])  # not in the labels
+
+
+def test_the_machine_table_splits_the_pooled_difference_by_cpu():
+    frame = pd.DataFrame(rows())
+    frame.loc[frame["seed"] == 42, "machine"] = "Intel Xeon"
+    from hmoe.findings.tables import machine_table
+
+    table = machine_table(frame)
+    soft = table[table["comparison"] == "mixture (soft) - two bases"].set_index("machine")
+    d = np.subtract(ACC["soft_accuracy"], ACC["two_bases_control_accuracy"])
+    assert soft.loc["Intel Xeon", "mean"] == pytest.approx(d[0])
+    assert soft.loc["Intel Xeon", "seeds"] == "42"
+    assert soft.loc["AMD EPYC 7B13 (2 cores)", "mean"] == pytest.approx(d[1:].mean())
+    assert machine_table(pd.DataFrame(rows())).empty  # one machine: nothing to split
 
 
 def labels_with(counts: dict[str, tuple[int, int]], both: int = 50) -> dict[str, np.ndarray]:

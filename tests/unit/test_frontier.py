@@ -10,7 +10,16 @@ import pytest
 from hmoe.data.storage import atomic_write
 from hmoe.evidence import SplitEvidence, embed, evidence_writer, load_evidence
 from hmoe.findings import write_findings
-from hmoe.findings.cascades import budget_comparison, ece
+from hmoe.findings.cascades import (
+    budget_comparison,
+    calibration_markdown,
+    calibration_table,
+    ece,
+    fit_temperature,
+    gate_table,
+    oracle_table,
+    scaled,
+)
 from hmoe.frontier import (
     Costs,
     Outcomes,
@@ -19,10 +28,11 @@ from hmoe.frontier import (
     frontier,
     second_opinion,
 )
+from hmoe.oracle import given_group, group_of_class, oracle, true_group
 from hmoe.stats import t_interval
 
 IDS = {"artificial": [0, 1, 8, 9], "natural": [2, 3, 4, 5, 6, 7]}
-COSTS = Costs(base=325.0, extra={"mixture": 326.0, "ensemble": 325.0})
+COSTS = Costs(base=325.0, extra={"hard": 326.0, "soft": 651.0, "ensemble": 325.0})
 
 
 def synthetic(n: int, seed: int) -> SplitEvidence:
@@ -66,14 +76,64 @@ def test_evidence_round_trips_in_float16(tmp_path):
 def test_a_cascade_at_its_ends_is_the_base_and_the_full_second_opinion():
     e = synthetic(300, 2)
     base_right = np.argmax(e.base, axis=1) == e.y
-    none, frac0 = cascade_correct(e, "mixture", 0.0)
-    assert frac0 == 0.0 and np.array_equal(none, base_right)
-    full, frac1 = cascade_correct(e, "mixture", np.inf)
-    assert frac1 == 1.0
-    assert np.array_equal(full, np.argmax(e.mixture("hard"), axis=1) == e.y)
+    for cascade, routing in (("hard", "hard"), ("soft", "soft")):
+        none, frac0 = cascade_correct(e, cascade, 0.0)
+        assert frac0 == 0.0 and np.array_equal(none, base_right)
+        full, frac1 = cascade_correct(e, cascade, np.inf)
+        assert frac1 == 1.0
+        assert np.array_equal(full, np.argmax(e.mixture(routing), axis=1) == e.y)
+        np.testing.assert_allclose(second_opinion(e, cascade).sum(axis=1), 1.0, atol=1e-5)
     both, _ = cascade_correct(e, "ensemble", np.inf)
     assert np.array_equal(both, np.argmax(e.base + e.second_base, axis=1) == e.y)
-    np.testing.assert_allclose(second_opinion(e, "mixture").sum(axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="cascade must be one of"):
+        second_opinion(e, "mixture")
+
+
+def test_the_soft_cascade_escalates_only_the_unsure_images_to_the_soft_mixture():
+    """Three images with known answers: the base is sure and right on the first, unsure
+    and wrong on the other two; the soft mixture is right on the second only."""
+    base = np.array([[0.9, 0.1], [0.55, 0.45], [0.6, 0.4]], np.float32)
+    spec = (np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], np.float32),)
+    e = SplitEvidence(
+        y=np.array([0, 1, 1]), base=base, specialists=spec, router=np.ones((3, 1), np.float32),
+        router_net=None, gates=(np.full(3, 0.5, np.float32),), second_base=None,
+    )  # fmt: skip
+    correct, fraction = cascade_correct(e, "soft", 0.7)  # escalates images 2 and 3
+    assert fraction == pytest.approx(2 / 3)
+    assert correct.tolist() == [True, True, False]
+
+
+def test_costs_from_a_row_price_each_cascade_and_skip_a_missing_one():
+    row = {"cost_inference_mmacs_base": 325.0, "cost_inference_mmacs_hard": 651.0}
+    row |= {"cost_inference_mmacs_soft": 976.0, "cost_inference_mmacs_two_bases": 650.0}
+    assert Costs.from_row(row).extra == {"hard": 326.0, "soft": 651.0, "ensemble": 325.0}
+    del row["cost_inference_mmacs_soft"]
+    costs = Costs.from_row(row)
+    assert set(costs.extra) == {"hard", "ensemble"}
+    table = frontier(synthetic(100, 7), synthetic(100, 8), costs, [325.0, 651.0])
+    assert set(table["cascade"]) == {"hard", "ensemble"}
+
+
+def test_the_soft_cascade_escalates_half_as_many_images_for_its_double_cost():
+    """The base is wrong on every image and both second opinions are right, so each
+    cascade escalates all its budget pays for: at two bases' cost, every image to a
+    second base (325 MMACs more) but only half of them to the soft mixture (651 more)."""
+    n = 200
+    y = np.zeros(n, dtype=int)
+    conf = np.linspace(0.51, 0.99, n).astype(np.float32)  # distinct confidences
+    base = np.stack([1 - conf, conf], axis=1)  # always wrong
+    right = np.tile(np.array([[1.0, 0.0]], np.float32), (n, 1))
+    e = SplitEvidence(
+        y=y, base=base, specialists=(np.tile(np.array([[1.0, 0.0]], np.float32), (n, 1)),),
+        router=np.ones((n, 1), np.float32), router_net=None,
+        gates=(np.full(n, 0.9, np.float32),), second_base=right,
+    )  # fmt: skip
+    costs = Costs(base=325.0, extra={"soft": 651.0, "ensemble": 325.0})
+    by = frontier(e, e, costs, [650.0]).set_index("cascade")
+    assert by.loc["soft", "val_escalated"] == pytest.approx(0.5, abs=0.01)
+    assert by.loc["soft", "test_accuracy"] == pytest.approx(0.5, abs=0.01)
+    assert by.loc["ensemble", "val_escalated"] == pytest.approx(1.0)
+    assert by.loc["ensemble", "test_accuracy"] == 1.0
 
 
 def test_tau_is_chosen_on_val_within_the_budget():
@@ -91,7 +151,7 @@ def test_tau_is_chosen_on_val_within_the_budget():
 def test_the_budget_comparison_is_paired_by_seed():
     rows = []
     for seed, (m, e) in enumerate(((0.90, 0.89), (0.91, 0.895), (0.905, 0.9))):
-        for cascade, acc in (("mixture", m), ("ensemble", e)):
+        for cascade, acc in (("hard", m), ("ensemble", e)):
             rows.append(
                 {"budget_mmacs": 400.0, "cascade": cascade, "seed": seed, "tau": 0.5}
                 | {"val_escalated": 0.2, "test_escalated": 0.2, "test_mmacs": 390.0}
@@ -99,8 +159,10 @@ def test_the_budget_comparison_is_paired_by_seed():
             )
     cmp = budget_comparison(pd.DataFrame(rows)).iloc[0]
     d = np.array([0.01, 0.015, 0.005])
-    assert (cmp["diff"], cmp["ci_low"], cmp["ci_high"]) == pytest.approx(t_interval(d)[:3])
-    assert cmp["mixture_accuracy"] == pytest.approx(np.mean([0.90, 0.91, 0.905]))
+    got = (cmp["hard_diff"], cmp["hard_ci_low"], cmp["hard_ci_high"])
+    assert got == pytest.approx(t_interval(d)[:3])
+    assert cmp["hard_accuracy"] == pytest.approx(np.mean([0.90, 0.91, 0.905]))
+    assert "soft_diff" not in cmp  # no soft cascade in these rows
 
 
 def test_ece_of_a_calibrated_and_an_overconfident_model():
@@ -127,11 +189,15 @@ def test_findings_gain_the_frontier_and_gates_sections_from_the_evidence(tmp_pat
             {"config": "default", "seed": seed, "mixture_accuracy": 0.5, "base_accuracy": 0.4}
             | {"cost_inference_mmacs_base": 325.0, "cost_inference_mmacs_hard": 651.0}
             | {"cost_inference_mmacs_two_bases": 650.0, "two_bases_control_accuracy": 0.45}
+            | {"cost_inference_mmacs_soft": 976.0}
         )
     write_findings(pd.DataFrame(rows), tmp_path, "default")
     md = (tmp_path / "findings.md").read_text()
     assert "## The cascades' frontier" in md and "2 seed(s) with saved probabilities" in md
+    assert "soft cascade: test %" in md and "soft - ensemble" in md
+    assert "## Oracle routing against two bases told the same group" in md
     assert "## The gates, learned against fixed 1/2" in md
+    assert "## The experts' confidence against their accuracy" in md
     assert (tmp_path / "findings.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -163,3 +229,109 @@ def test_the_findings_and_the_sweeps_driver_load_no_keras():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _tiny(y, base, second, router, gates, specs) -> SplitEvidence:
+    f = np.float32
+    return SplitEvidence(
+        y=np.array(y), base=np.array(base, f), specialists=tuple(np.array(s, f) for s in specs),
+        router=np.array(router, f), router_net=None, gates=tuple(np.array(w, f) for w in gates),
+        second_base=np.array(second, f),
+    )  # fmt: skip
+
+
+def test_two_bases_told_the_true_group_keep_only_its_classes():
+    """Classes 0 and 1 form group 0, class 2 group 1. Image 1 (class 1): two bases put
+    most mass on class 2 (wrong); told group 0, they choose between 0 and 1 (right).
+    Image 2 (class 2): told group 1, only class 2 is left."""
+    e = _tiny(
+        y=[1, 2],
+        base=[[0.1, 0.3, 0.6], [0.5, 0.1, 0.4]],
+        second=[[0.1, 0.3, 0.6], [0.5, 0.1, 0.4]],
+        router=[[1, 0], [1, 0]],
+        gates=[[0.5, 0.5], [0.5, 0.5]],
+        specs=[[[0.2, 0.8, 0.0], [0.9, 0.1, 0.0]], [[0, 0, 1.0], [0, 0, 1.0]]],
+    )
+    assert group_of_class(e).tolist() == [0, 0, 1]
+    assert true_group(e).tolist() == [0, 1]
+    told = given_group((e.base + e.second_base) / 2, true_group(e), group_of_class(e))
+    np.testing.assert_allclose(told, [[0.25, 0.75, 0.0], [0.0, 0.0, 1.0]], atol=1e-6)
+    table = oracle_table({("default", 1): {"test": e}}, "default").iloc[0]
+    assert table["two_bases"] == 0.0 and table["two_bases_given_group"] == 1.0
+    # the oracle takes the true group's branch: 1/2 base + 1/2 its specialist
+    np.testing.assert_allclose(oracle(e)[1], [0.25, 0.05, 0.7], atol=1e-6)
+    assert table["oracle"] == 1.0
+
+
+def test_the_oracle_in_the_evidence_is_evaluates():
+    """evaluate scores oracle routing as combine(one_hot(true group), ...); the evidence's
+    oracle (which the oracle control's findings use) must be the same distribution."""
+    from hmoe import mixture
+
+    e = synthetic(200, 11)
+    group = true_group(e)
+    assert group.tolist() == [0 if c in IDS["artificial"] else 1 for c in e.y]
+    expected = mixture.combine(mixture.one_hot(group, 2), e.gate_weights(), e.base, e.specialists)
+    np.testing.assert_allclose(oracle(e), expected, atol=1e-6)
+
+
+def test_an_under_confident_expert_shows_confidence_below_accuracy():
+    """A base right on every image at top probability 0.6: confidence 0.6, accuracy 1;
+    each specialist is scored on its own group's images and classes only."""
+    e = _tiny(
+        y=[0, 2],
+        base=[[0.6, 0.3, 0.1], [0.1, 0.3, 0.6]],
+        second=[[0.6, 0.3, 0.1], [0.1, 0.3, 0.6]],
+        router=[[1, 0], [0, 1]],
+        gates=[[0.5, 0.5], [0.5, 0.5]],
+        specs=[[[0.9, 0.1, 0.0], [0.2, 0.8, 0.0]], [[0, 0, 1.0], [0, 0, 1.0]]],
+    )
+    found = {("default", 1): {"test": e}}
+    table = calibration_table(found, "default", {("default", 1): ["a", "b"]})
+    table = table.set_index("expert")
+    assert table.loc["base", "confidence"] == pytest.approx(0.6)
+    assert table.loc["base", "accuracy"] == 1.0
+    assert table.loc["specialist a", "images"] == 1  # image 1 alone is group a's
+    assert table.loc["specialist a", "confidence"] == pytest.approx(0.9)
+    assert table.loc["specialist b", "accuracy"] == 1.0
+    assert "In 2 of 3 rows the mean top probability is below" in calibration_markdown(
+        table.reset_index()
+    )
+
+
+def test_a_temperature_fitted_to_under_confident_probabilities_sharpens_them():
+    rng = np.random.default_rng(12)
+    y = rng.integers(0, 3, 2000)
+    top = np.where(rng.random(2000) < 0.96, y, (y + 1) % 3)  # right on 96 % of images
+    sharp = np.full((2000, 3), 0.02, np.float32)
+    sharp[np.arange(2000), top] = 0.96  # calibrated: 0.96 sure, 96 % right
+    soft = scaled(sharp, 3.0)  # the same ranking, far less sure
+    assert fit_temperature(soft, y) == pytest.approx(1 / 3, rel=0.05)
+    np.testing.assert_allclose(scaled(sharp, 1.0), sharp, atol=1e-6)
+
+
+def test_the_routed_gate_is_the_one_the_routing_picks():
+    e = _tiny(
+        y=[0, 2],
+        base=[[0.6, 0.3, 0.1], [0.1, 0.3, 0.6]],
+        second=[[0.6, 0.3, 0.1], [0.1, 0.3, 0.6]],
+        router=[[0.9, 0.1], [0.2, 0.8]],
+        gates=[[0.8, 0.1], [0.0, 0.9]],
+        specs=[[[0.9, 0.1, 0.0], [0.2, 0.8, 0.0]], [[0, 0, 1.0], [0, 0, 1.0]]],
+    )
+    table = gate_table({("default", 1): {"test": e}}, "default").iloc[0]
+    assert table["routed_weight"] == pytest.approx(0.85)  # 0.8 (gate 0), 0.9 (gate 1)
+    assert table["specialist_weight"] == pytest.approx(0.45)  # mean over both gates
+
+
+def test_the_picture_draws_the_oracles_control_beside_two_bases():
+    from hmoe.findings.figure import TOLD_LABEL, findings_figure
+
+    row = {"config": "default", "two_bases_control_accuracy": 0.89, "oracle_accuracy": 0.894}
+    row |= {"cost_inference_mmacs_two_bases": 650.0, "cost_inference_mmacs_hard": 651.0}
+    frame = pd.DataFrame([row | {"seed": s} for s in (44, 45)])
+    told = pd.DataFrame({"seed": [44, 45], "two_bases_given_group": [0.905, 0.906]})
+    for given, drawn in ((told, True), (None, False)):
+        fig = findings_figure(frame, None, given)
+        texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert any(t.startswith(TOLD_LABEL) for t in texts) is drawn

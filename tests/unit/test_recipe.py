@@ -240,6 +240,11 @@ def test_evaluate_scores_the_mixture_and_every_control(images):
     assert m["mixture_rows_sum_max_error"] < 1e-5
     assert {"specialist_a_accuracy", "gate_b_specialist_weight", "vs_base_diff"} <= set(m)
     assert "two_bases_control_accuracy" in m
+    # the oracle's control: two bases told the true group, scored beside the oracle
+    told = result.labels["oracle_two_bases"]
+    assert m["oracle_two_bases_accuracy"] == pytest.approx(np.mean(told == y))
+    group_of = np.asarray(mix.groups.group_of_label())
+    assert np.array_equal(group_of[told], group_of[y])  # never outside the true group
     assert result.best_control in FAIR_CONTROLS and result.best_control != "base"
     np.testing.assert_array_equal(result.labels["mixture"], mix.predict_proba(images).argmax(1))
     assert result.router_probs.shape == (len(images), 2)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hmoe.stats import compare, mcnemar_exact, paired_bootstrap
+from hmoe.stats import compare, mcnemar_exact, paired_bootstrap, seed_image_bootstrap
 
 
 def test_mcnemar_exact_matches_hand_computed_binomial():
@@ -44,3 +44,23 @@ def test_compare_counts_discordant_pairs():
     assert c.mcnemar_p == pytest.approx(1.0)  # 2 vs 1 is no evidence
     m = c.as_metrics("mixture_vs_base")
     assert m["mixture_vs_base_only_a"] == 2.0 and "mixture_vs_base_ci_low" in m
+
+
+def test_seed_image_bootstrap_spans_the_seeds_when_images_agree():
+    """Two seeds whose every image gives the same difference (0 and 1): drawing images
+    changes nothing, drawing the seeds gives 0, 1/2 or 1, so the 95 % interval is 0 .. 1."""
+    d = np.stack([np.zeros(100), np.ones(100)])
+    assert seed_image_bootstrap(d, n_boot=2000) == pytest.approx((0.0, 1.0))
+    assert seed_image_bootstrap(np.zeros((3, 50))) == (0.0, 0.0)
+
+
+def test_seed_image_bootstrap_adds_the_images_sampling():
+    """Seeds that agree exactly (a t-interval over seeds of width 0) still get the test
+    images' sampling: one seed's interval is the paired bootstrap over images, about
+    ±1.96 sd/sqrt(n), and it stays so however many identical seeds are added."""
+    rng = np.random.default_rng(3)
+    row = rng.choice([-1.0, 0.0, 1.0], size=4000, p=[0.1, 0.8, 0.1])
+    half = 1.96 * row.std() / np.sqrt(row.size)
+    for seeds in (1, 4):
+        lo, hi = seed_image_bootstrap(np.tile(row, (seeds, 1)), n_boot=2000)
+        assert (lo, hi) == pytest.approx((row.mean() - half, row.mean() + half), abs=1.5e-3)
