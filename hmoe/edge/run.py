@@ -70,10 +70,10 @@ class NoRun:
     def wall_times(self) -> dict[str, float]:
         return {}
 
-    def evaluated(self, params: Any, mix: Any, test: Any, result: Any) -> None:
+    def evaluated(self, params: Any, mix: Any, test: Any, result: Any, **recorded: Any) -> None:
         pass
 
-    def finish_pipeline(self, params: Any, groups: Any, result: Any, files: Any) -> None:
+    def finish_pipeline(self, params: Any, networks: Any, result: Any, files: Any) -> None:
         pass
 
 
@@ -83,6 +83,9 @@ class NoObserver:
     @contextlib.contextmanager
     def run(self, stage: Stage, name: str, tags: Mapping[str, str]) -> Iterator[NoRun]:
         yield NoRun()
+
+    def pointers(self) -> list[str]:
+        return []
 
 
 @dataclass
@@ -253,6 +256,8 @@ def run_stage(
     with stage:
         function(stage)
     logger.info("%s: done in %.1f s", name, time.perf_counter() - start_s)
+    for line in stage.observer.pointers():  # where to look: the last line logged
+        logger.info("%s", line)
     return stage
 
 
