@@ -186,7 +186,13 @@ class Stage:
 
     @contextlib.contextmanager
     def network_run(self, name: str) -> Iterator[Any]:
-        """One trained network's run, around its training."""
+        """One trained network's run, around its training; a network named after the
+        stage (its one network, or the gates) trains in the stage's own run, which
+        stays open for what the stage records after it (the gates' registrations).
+        """
+        if name == self.name:
+            yield self.record
+            return
         with self._open(name) as run:
             self._runs[name] = run
             try:

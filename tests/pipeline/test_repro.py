@@ -208,7 +208,7 @@ def _decides_no_output(root) -> list[str]:
     (the sweep, serving, the CLI...): none of them can change a stage's output.
     """
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    deps = [Path(d) for spec in stages.values() for d in spec.get("do", spec)["deps"]]
+    deps = [Path(d) for spec in stages.values() for d in spec["deps"]]
     unlisted = {
         str(rel)
         for rel in (f.relative_to(root) for f in (root / "hmoe").rglob("*.py"))
