@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hmoe.data.constants import PREPARED_SPLITS
+
 PARAMS = Path("params.yaml")
 DVC_YAML = Path("dvc.yaml")  # the pipeline's one declaration (read by hmoe.pipeline)
 
@@ -16,11 +18,11 @@ PREPARED = Path("data/prepared")
 
 
 def split(name: str) -> Path:
-    """A prepared split's file (the names are :data:`hmoe.steps.data.SPLIT_NAMES`)."""
+    """A prepared split's file (the names are :data:`hmoe.data.constants.PREPARED_SPLITS`)."""
     return PREPARED / f"{name}.npz"
 
 
-TRAIN, GATE, VAL, TEST = split("train"), split("gate"), split("val"), split("test")
+TRAIN, GATE, VAL, TEST = (split(name) for name in PREPARED_SPLITS)
 
 MODELS = Path("models")
 BASE_MODEL = MODELS / "base.keras"

@@ -29,8 +29,7 @@ from hmoe.edge import start
 from hmoe.edge.store import FileStore, Store
 from hmoe.groups import Groups
 from hmoe.params import Params
-from hmoe.pipeline import Stage as Declared
-from hmoe.pipeline import read_stages
+from hmoe.pipeline import DeclaredStage, read_stages
 from hmoe.pipeline import stage as declared_stage
 
 logger = logging.getLogger("hmoe")
@@ -104,7 +103,7 @@ class Stage:
 
     def __init__(
         self,
-        declared: Declared,
+        declared: DeclaredStage,
         params: Params,
         store: Store,
         observer: Any,
@@ -234,7 +233,7 @@ class Stage:
             return
         target = self._runs.get(run) if run else self.record
         if example is None:
-            example = self.datasets["val"][0][:4]
+            example = self.datasets[paths.VAL.stem][0][:4]
         if target is not None:
             target.register_network(model, name, example, path)
 

@@ -315,7 +315,6 @@ def register_mixture(groups: Groups, params: Params, example: np.ndarray) -> str
     """Log and register the assembled mixture as a pyfunc (`hmoe-mixture`): its
     networks and config as artifacts, each network's md5 as a tag.
     """
-    import hmoe
     from hmoe import modelset
     from hmoe.mixture import Prediction
     from hmoe.serving import CONFIG, MixturePyfunc, mixture_config, predictions_frame
@@ -336,7 +335,6 @@ def register_mixture(groups: Groups, params: Params, example: np.ndarray) -> str
         modelset.MIXTURE,
         MixturePyfunc(),
         artifacts=files | {CONFIG: CONFIG_FILE},
-        code_paths=[str(Path(hmoe.__file__).parent)],
         example=example,
         example_output=predictions_frame(dummy, list(groups.classes), list(groups.names)),
         tags=tags | tracking.common_tags(),

@@ -104,7 +104,7 @@ def pipeline_key() -> str:
     held = _held.get(None)
     if held is not None:
         return held.key
-    return os.environ.get("DVC_EXP_NAME") or f"repro@{gitrev.commit()[:10]}-{inputs_digest()}"
+    return os.environ.get("DVC_EXP_NAME") or f"repro@{gitrev.commit(short=True)}-{inputs_digest()}"
 
 
 def inputs_digest() -> str:
