@@ -1,7 +1,8 @@
 """What a stage adds around each network it trains (:class:`NetworkHooks`), under
 either runner: the network's run, its epoch log, its images per second and training
-cost; on a file store also a backup that a killed run resumes from exactly; then the
-network, its epoch log and metrics written through the stage, and its registration.
+cost; on a file store also a backup that a killed run resumes from exactly (for every
+network but the gates: :attr:`hmoe.steps.hooks.NetworkJob.resumable`); then the network,
+its epoch log and metrics written through the stage, and its registration.
 """
 
 from __future__ import annotations
