@@ -8,14 +8,19 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+SHORT = 10  # hex digits of a short commit: the run name, the report, the findings
+
 
 def commit(short: bool = False) -> str:
     """HEAD of the repository the process runs in (the current folder, as DVC starts
-    every stage at the root), or ``unknown`` outside a git checkout.
+    every stage at the root), or ``unknown`` outside a git checkout; ``short``: its
+    first :data:`SHORT` digits, the same length wherever it is shown (git's own
+    ``--short`` length varies with the repository's size).
     """
-    cmd = ["git", "rev-parse", *(["--short"] if short else []), "HEAD"]
+    cmd = ["git", "rev-parse", "HEAD"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path.cwd())
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return out.stdout.strip()
+    full = out.stdout.strip()
+    return full[:SHORT] if short else full

@@ -7,10 +7,32 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix, recall_score
 
-# What users compare (`dvc exp show`, the report), in this order: the only keys of
-# reports/metrics.json, so that `dvc exp show --only-changed` stays narrow. The rest
-# (controls, paired statistics, costs, gate weights) goes to reports/eval/details.json
-# and MLflow.
+# Every accuracy the evaluation reports (and the differences of two, in points), with
+# what it measures: the one home of the figures' names. The run report's results table
+# lists them in this order; findings.md's columns are a sweep's choice of them
+# (hmoe.findings.tables.ACCURACIES, with the gates' val figures).
+FIGURES = {
+    "mixture_accuracy": "mixture",
+    "base_accuracy": "base",
+    "ensemble_accuracy": "ensemble (base + specialists, no routing)",
+    "two_bases_control_accuracy": "two bases averaged (same recipe, another seed)",
+    "product_control_accuracy": "router x specialist, no gates",
+    "equal_gates_control_accuracy": "equal gates (1/2 base, 1/2 specialist)",
+    "oracle_accuracy": "oracle routing (true group)",
+    "oracle_two_bases_accuracy": "two bases told the true group (the oracle's control)",
+    "hard_accuracy": "hard routing",
+    "soft_accuracy": "soft routing",
+    "router_accuracy": "routing (group accuracy, after mixture.router_fusion)",
+    "router_net_accuracy": "router network alone (group accuracy)",
+    "base_group_accuracy": "base's group marginal (group accuracy)",
+    "routing_loss": "hard-routing loss (oracle - hard)",
+    "lift_over_base": "lift over base",
+    "lift_over_ensemble": "lift over ensemble",
+}
+# The headline, what users compare (`dvc exp show`, the log's last result line), in
+# this order: the only keys of reports/metrics.json, so that `dvc exp show
+# --only-changed` stays narrow. The rest (controls, paired statistics, costs, gate
+# weights) goes to reports/eval/details.json and MLflow.
 HEADLINE = (
     "mixture_accuracy",
     "base_accuracy",

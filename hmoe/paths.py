@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hmoe.data.constants import PREPARED_SPLITS
+
 PARAMS = Path("params.yaml")
 DVC_YAML = Path("dvc.yaml")  # the pipeline's one declaration (read by hmoe.pipeline)
 
@@ -16,11 +18,11 @@ PREPARED = Path("data/prepared")
 
 
 def split(name: str) -> Path:
-    """A prepared split's file (the names are :data:`hmoe.steps.data.SPLIT_NAMES`)."""
+    """A prepared split's file (the names are :data:`hmoe.data.constants.PREPARED_SPLITS`)."""
     return PREPARED / f"{name}.npz"
 
 
-TRAIN, GATE, VAL, TEST = split("train"), split("gate"), split("val"), split("test")
+TRAIN, GATE, VAL, TEST = (split(name) for name in PREPARED_SPLITS)
 
 MODELS = Path("models")
 BASE_MODEL = MODELS / "base.keras"
@@ -33,15 +35,23 @@ GATES = MODELS / "gates"
 REPORTS = Path("reports")
 DATA_REPORT = REPORTS / "data.json"
 GROUPS = REPORTS / "groups.json"  # the partition every stage after `groups` uses
-SPECIALIST_METRICS = REPORTS / "train_specialists" / "metrics.json"
-SPECIALIST_HISTORY = REPORTS / "train_specialists" / "history"
-GATES_METRICS = REPORTS / "train_gates" / "metrics.json"
+# Each training stage's epoch log and metrics, in a folder named as dvc.yaml names it.
+BASE_HISTORY = Path("reports/train_base/history.csv")
+BASE_METRICS = Path("reports/train_base/metrics.json")
+SECOND_BASE_HISTORY = Path("reports/train_second_base/history.csv")
+SECOND_BASE_METRICS = Path("reports/train_second_base/metrics.json")
+ROUTER_HISTORY = Path("reports/train_router/history.csv")
+ROUTER_METRICS = Path("reports/train_router/metrics.json")
+SPECIALIST_METRICS = Path("reports/train_specialists/metrics.json")
+SPECIALIST_HISTORY = Path("reports/train_specialists/history")
+GATES_HISTORY = Path("reports/train_gates/history.csv")
+GATES_METRICS = Path("reports/train_gates/metrics.json")
+GATES_VAL_EVIDENCE = Path("reports/train_gates/val_evidence.npz")  # evaluate's val evidence
 METRICS = REPORTS / "metrics.json"  # the headline only: the one DVC metric
 EVAL = REPORTS / "eval"
 EVAL_DETAILS = EVAL / "details.json"  # every other test figure: controls, statistics, costs
 EVIDENCE = EVAL / "evidence.npz"  # every network's probabilities on val and test (hmoe.evidence)
 LABELS = EVAL / "labels.npz"  # every predictor's test labels and the truth
-GATES_VAL_EVIDENCE = REPORTS / "train_gates" / "val_evidence.npz"  # evaluate's val evidence
 CONFUSION = EVAL / "confusion.csv"
 PER_CLASS = EVAL / "per_class.csv"
 REPORT = REPORTS / "report"
@@ -61,15 +71,6 @@ def specialist_history(group: str) -> Path:
 
 def gate_model(group: str) -> Path:
     return GATES / f"{group}.keras"
-
-
-def stage_reports(stage: str) -> Path:
-    """Folder of a training stage's metrics.json and history.csv.
-
-    A stage's job `name@item` (one specialist) reports under reports/name/item.
-    """
-    name, _, item = stage.partition("@")
-    return REPORTS / name / item if item else REPORTS / name
 
 
 def repo_root() -> Path:

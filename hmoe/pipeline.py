@@ -25,8 +25,10 @@ class PipelineError(ValueError):
 
 
 @dataclass(frozen=True)
-class Stage:
-    """One dvc.yaml stage: its name, the params it lists, and the paths it reads and writes."""
+class DeclaredStage:
+    """One dvc.yaml stage as declared: its name, the params it lists, and the paths it
+    reads and writes (what runs it is :class:`hmoe.edge.run.Stage`).
+    """
 
     name: str
     params: tuple[str, ...]
@@ -45,7 +47,7 @@ class Stage:
             if any(k == d or k.startswith(f"{d}.") for d in self.params)
         }
 
-    def reads(self, other: Stage) -> bool:
+    def reads(self, other: DeclaredStage) -> bool:
         """Whether this stage depends on an output of ``other`` (a file or inside a folder)."""
         return any(
             dep == out or dep.startswith(f"{out}/") for dep in self.deps for out in other.outs
@@ -57,13 +59,13 @@ def _paths(entries: Sequence[Any]) -> tuple[str, ...]:
     return tuple(next(iter(e)) if isinstance(e, Mapping) else str(e) for e in entries or ())
 
 
-def read_stages(path: Path = paths.DVC_YAML) -> tuple[Stage, ...]:
+def read_stages(path: Path = paths.DVC_YAML) -> tuple[DeclaredStage, ...]:
     """Every stage of dvc.yaml, each after the stages whose outputs it reads (ties keep
     dvc.yaml's order).
     """
     raw = yaml.safe_load(Path(path).read_text())["stages"]
     stages = [
-        Stage(
+        DeclaredStage(
             name,
             tuple(str(p) for p in spec.get("params", [])),
             _paths(spec.get("deps", [])),
@@ -71,7 +73,7 @@ def read_stages(path: Path = paths.DVC_YAML) -> tuple[Stage, ...]:
         )
         for name, spec in raw.items()
     ]
-    ordered: list[Stage] = []
+    ordered: list[DeclaredStage] = []
     while len(ordered) < len(stages):
         ready = [
             s
@@ -84,7 +86,7 @@ def read_stages(path: Path = paths.DVC_YAML) -> tuple[Stage, ...]:
     return tuple(ordered)
 
 
-def stage(name: str, path: Path = paths.DVC_YAML) -> Stage:
+def stage(name: str, path: Path = paths.DVC_YAML) -> DeclaredStage:
     """One stage by name (``train_specialists@natural`` names its stage)."""
     base = name.split("@", maxsplit=1)[0]
     for s in read_stages(path):
@@ -93,6 +95,6 @@ def stage(name: str, path: Path = paths.DVC_YAML) -> Stage:
     raise PipelineError(f"{path} has no stage {base!r}")
 
 
-def upstream(of: Stage, stages: Sequence[Stage]) -> tuple[Stage, ...]:
+def upstream(of: DeclaredStage, stages: Sequence[DeclaredStage]) -> tuple[DeclaredStage, ...]:
     """The stages whose outputs ``of`` reads, in pipeline order."""
     return tuple(s for s in stages if s is not of and of.reads(s))

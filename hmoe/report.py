@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 
 from hmoe import gitrev, paths
-from hmoe.metrics import per_class_accuracy
+from hmoe.metrics import FIGURES, HEADLINE, per_class_accuracy
 from hmoe.params import Params, ParamsError, flatten, parse_params
 from hmoe.report_figures import (
     confusion_figure,
@@ -35,29 +35,11 @@ from hmoe.report_figures import (
 
 if TYPE_CHECKING:
     from hmoe.groups import Groups
-    from hmoe.pipeline import Stage
+    from hmoe.pipeline import DeclaredStage
     from hmoe.steps.evaluate import Evaluation
 
 logger = logging.getLogger(__name__)
 
-HEADLINE = (
-    ("mixture_accuracy", "mixture"),
-    ("base_accuracy", "base"),
-    ("ensemble_accuracy", "ensemble (base + specialists, no routing)"),
-    ("two_bases_control_accuracy", "two bases averaged (same recipe, another seed)"),
-    ("product_control_accuracy", "router x specialist, no gates"),
-    ("equal_gates_control_accuracy", "equal gates (1/2 base, 1/2 specialist)"),
-    ("oracle_accuracy", "oracle routing (true group)"),
-    ("oracle_two_bases_accuracy", "two bases told the true group (the oracle's control)"),
-    ("hard_accuracy", "hard routing"),
-    ("soft_accuracy", "soft routing"),
-    ("router_accuracy", "routing (group accuracy, after mixture.router_fusion)"),
-    ("router_net_accuracy", "router network alone (group accuracy)"),
-    ("base_group_accuracy", "base's group marginal (group accuracy)"),
-    ("routing_loss", "hard-routing loss (oracle - hard)"),
-    ("lift_over_base", "lift over base"),
-    ("lift_over_ensemble", "lift over ensemble"),
-)
 # Rows that are differences of two accuracies (in points), not accuracies (in %).
 DIFFERENCES = {"routing_loss", "lift_over_base", "lift_over_ensemble"}
 # Rows with a paired 95 % interval: the row's key -> the prefix of its paired metrics.
@@ -150,7 +132,7 @@ def _results_table(
     where the evaluation computed one.
     """
     rows = []
-    for key, label in HEADLINE:
+    for key, label in FIGURES.items():
         if key not in metrics:
             continue
         value = points(metrics[key]) if key in DIFFERENCES else percent(metrics[key])
@@ -261,7 +243,7 @@ def plot_tables(
     }
 
 
-def history_deps(stage: Stage) -> dict[str, Path]:
+def history_deps(stage: DeclaredStage) -> dict[str, Path]:
     """The epoch logs ``stage`` reads (dvc.yaml's deps named history), by the stage that
     wrote them: one figure panel per network. No list of stages here: a new training
     stage's log is drawn once evaluate lists it.
@@ -315,7 +297,7 @@ def provenance(
     from hmoe.edge.runtime import resolve_jit
 
     run = os.environ.get("DVC_EXP_NAME")
-    commit = gitrev.commit()[:10]
+    commit = gitrev.commit(short=True)
     changed = changed_params(params)
     compiled = resolve_jit(params.train.jit_compile)[0]
     policy = keras.mixed_precision.global_policy().name
@@ -350,11 +332,14 @@ def changed_params(params: Params) -> dict[str, Any]:
 
 
 def headline(metrics: Mapping[str, float], best_control: str) -> str:
-    """The run's result in one log line."""
+    """The run's result in one log line: the headline (:data:`hmoe.metrics.HEADLINE`)
+    and the mixture's paired difference from the base.
+    """
+    figures = ", ".join(
+        f"{k.removesuffix('_accuracy')} {metrics[k]:.4f}" for k in HEADLINE if k in metrics
+    )
     return (
-        f"test accuracy: mixture {metrics['mixture_accuracy']:.4f}, base "
-        f"{metrics['base_accuracy']:.4f}, router {metrics['router_accuracy']:.4f}; mixture - "
-        f"base {metrics['vs_base_diff']:+.4f} (95 % CI {metrics['vs_base_ci_low']:+.4f} .. "
-        f"{metrics['vs_base_ci_high']:+.4f}, McNemar p={metrics['vs_base_mcnemar_p']:.3g}); "
-        f"best control {best_control}"
+        f"test accuracy: {figures}; mixture - base {metrics['vs_base_diff']:+.4f} (95 % CI "
+        f"{metrics['vs_base_ci_low']:+.4f} .. {metrics['vs_base_ci_high']:+.4f}, McNemar "
+        f"p={metrics['vs_base_mcnemar_p']:.3g}); best control {best_control}"
     )

@@ -23,6 +23,16 @@ from hmoe.data.storage import atomic_write
 logger = logging.getLogger(__name__)
 
 
+def reseed(seed: int) -> None:
+    """Python's, NumPy's and the backend's generators from ``seed`` (Keras's global
+    seed): the pipeline's one way to seed them. A stage seeds before its first Keras
+    work (:func:`hmoe.edge.runtime.setup`); a step reseeds right before it builds a
+    network, so the network depends on its seed alone, not on what the caller drew
+    before (loading networks from disk draws initialiser seeds).
+    """
+    keras.utils.set_random_seed(seed)
+
+
 class EpochBatches(keras.utils.PyDataset):
     """Training batches (images, one-hot labels) in an order set by (seed, epoch) alone.
 

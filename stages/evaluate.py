@@ -65,8 +65,13 @@ def run(stage: Stage) -> None:
     files = report.run_report(result, y, groups, record, histories(stage, groups), provenance)
     for path, value in files.items():
         stage.write(path, value)
-    run.evaluated(params, mix, (x, y), result)
-    run.finish_pipeline(params, groups, result, list(files))
+    val_accuracy = float(stage.read(paths.GATES_METRICS)["val_accuracy"])
+    val_digest = stage.store.digest(paths.VAL)
+    tables = [paths.PER_CLASS]
+    run.evaluated(
+        params, mix, (x, y), result, tables=tables, val_accuracy=val_accuracy, val_digest=val_digest
+    )
+    run.finish_pipeline(params, networks(stage, groups), result, list(files))
     logger.info("%s", report.headline(result.metrics, result.best_control))
 
 
@@ -79,6 +84,16 @@ def histories(stage: Stage, groups: Groups) -> dict[str, Any]:
         else:
             found |= {f"{label} {g}": stage.read(dep / f"{g}.csv") for g in groups.names}
     return found
+
+
+def networks(stage: Stage, groups: Groups) -> dict[str, str]:
+    """The md5 of every network file the stage read, by registered name: the versions
+    the pipeline's run links to.
+    """
+    files = modelset.model_files(groups.names)
+    return {
+        name: stage.store.digest(path) for name, path in files.items() if stage.store.exists(path)
+    }
 
 
 def ids(groups: Groups) -> dict[str, list[int]]:

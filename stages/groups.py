@@ -1,8 +1,12 @@
-"""Stage `groups`: the partition of the classes that every later stage uses
-(:func:`hmoe.steps.groups.learn_groups`), written to reports/groups.json.
+"""Stage `groups`: the partition of the classes that every later stage reads
+(:func:`hmoe.steps.groups.learn_groups`; :meth:`hmoe.edge.run.Stage.read_groups`).
 
-An explicit partition in params.yaml needs no network: the stage starts Keras (and its
-backend's seconds of start-up) only to learn the groups from the base.
+Its record, reports/groups.json and the run's `groups.json` artifact, says where the
+partition came from (`params`, or `auto` with the base's val confusions it was learned
+from) and the groups. An explicit partition in params.yaml needs no network: the stage
+reads the val split and the base, and starts Keras (its backend's seconds of start-up),
+only for `groups: N`, though dvc.yaml lists both as deps either way (a retrained base
+reruns this stage, which then rewrites the same file).
 """
 
 from __future__ import annotations

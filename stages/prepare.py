@@ -11,7 +11,6 @@ from hmoe.edge.start import resolve_source
 from hmoe.steps.data import prepare
 
 logger = logging.getLogger("hmoe.prepare")
-LOGGED = ("train", "gate", "val")  # the datasets its run records (test: evaluate's alone)
 
 
 def run(stage: Stage) -> None:
@@ -20,7 +19,7 @@ def run(stage: Stage) -> None:
     for name, (x, y) in prepared.splits.items():
         stage.write(paths.split(name), (x, y))
         logger.info("prepare: %s split %d images -> %s", name, len(x), paths.split(name))
-        if name in LOGGED:
+        if paths.split(name) != paths.TEST:  # its run's datasets (test: evaluate's alone)
             stage.dataset(paths.split(name), x, y)
     stage.write(paths.DATA_REPORT, prepared.report)
     stage.log_metrics({f"{k}_images": v for k, v in prepared.report["sizes"].items()})

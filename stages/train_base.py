@@ -7,8 +7,7 @@ from hmoe.edge.networks import Network, NetworkHooks
 from hmoe.edge.run import Stage, main
 from hmoe.steps.experts import train_base
 
-REPORTS = paths.stage_reports("train_base")
-BASE = Network(paths.BASE_MODEL, REPORTS / "history.csv", REPORTS / "metrics.json", modelset.BASE)
+BASE = Network(paths.BASE_MODEL, paths.BASE_HISTORY, paths.BASE_METRICS, modelset.BASE)
 
 
 def run(stage: Stage) -> None:

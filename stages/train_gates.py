@@ -1,22 +1,24 @@
 """Stage `train_gates`: one gate per group, experts and router frozen
 (:func:`hmoe.steps.gates.train_gates`): fitted on the held-out gate split (or, as the
-in-sample control, `gates.fit_on: train`), early-stopped on val. Writes the gates, their
-epoch log and metrics, and the frozen networks' evidence on val (:mod:`hmoe.evidence`).
+in-sample control, `gates.fit_on: train`), early-stopped on val. The gates train as one
+network inside the shared hooks (:class:`hmoe.edge.networks.NetworkHooks`: their run,
+epoch log, images per second and cost); the stage then writes each gate and registers
+it with its own input example, and writes the frozen networks' evidence on val
+(:mod:`hmoe.evidence`).
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from hmoe import modelset, paths
+from hmoe.edge.networks import Network, NetworkHooks
 from hmoe.edge.run import Stage, main
 from hmoe.evidence import evidence_writer, split_evidence
 from hmoe.gates import GateInput
 from hmoe.mixture import load_mixture
 from hmoe.steps.gates import gate_fit_split, train_gates
 
-REPORTS = paths.stage_reports("train_gates")
+# Several gates, one fit: the stage writes and registers each gate, and their metrics.
+GATES = Network(None, paths.GATES_HISTORY, None, "")
 
 
 def run(stage: Stage) -> None:
@@ -36,19 +38,12 @@ def run(stage: Stage) -> None:
         router_fusion=params.mixture.router_fusion,
         read=stage.read,
     )
-    run = stage.record
-    with tempfile.TemporaryDirectory() as tmp:
-        import keras
-
-        epoch_log = Path(tmp) / "history.csv"
-        callbacks = [*run.callbacks(), keras.callbacks.CSVLogger(str(epoch_log))]
-        fit = gate_fit_split(fit_on, gate, train)
-        trained = train_gates(params, groups, experts, fit, val, callbacks=callbacks)
-        stage.write(REPORTS / "history.csv", epoch_log.read_bytes())
+    fit = gate_fit_split(fit_on, gate, train)
+    hooks = NetworkHooks(stage, {"gates": GATES})
+    trained = train_gates(params, groups, experts, fit, val, hooks=hooks)
     for g, model in zip(groups.names, trained.gates, strict=True):
         stage.write(paths.gate_model(g), model)
     stage.write(paths.GATES_METRICS, trained.summary)
-    stage.log_metrics({f"final_{k}": v for k, v in trained.summary.items()})
     ids = {g: list(groups.class_ids(g)) for g in groups.names}
     evidence = split_evidence(trained.val_outputs, trained.val_weights, val[1], None)
     stage.write(paths.GATES_VAL_EVIDENCE, evidence_writer({"val": evidence}, ids))

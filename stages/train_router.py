@@ -10,10 +10,7 @@ from hmoe.edge.networks import Network, NetworkHooks, base_for
 from hmoe.edge.run import Stage, main
 from hmoe.steps.experts import train_router
 
-REPORTS = paths.stage_reports("train_router")
-ROUTER = Network(
-    paths.ROUTER_MODEL, REPORTS / "history.csv", REPORTS / "metrics.json", modelset.ROUTER
-)
+ROUTER = Network(paths.ROUTER_MODEL, paths.ROUTER_HISTORY, paths.ROUTER_METRICS, modelset.ROUTER)
 
 
 def run(stage: Stage) -> None:

@@ -16,9 +16,11 @@ from hmoe.edge.networks import Network, NetworkHooks
 from hmoe.edge.run import Stage, main
 
 logger = logging.getLogger("hmoe.second_base")
-REPORTS = paths.stage_reports("train_second_base")
 SECOND = Network(
-    paths.SECOND_BASE_MODEL, REPORTS / "history.csv", REPORTS / "metrics.json", modelset.SECOND_BASE
+    paths.SECOND_BASE_MODEL,
+    paths.SECOND_BASE_HISTORY,
+    paths.SECOND_BASE_METRICS,
+    modelset.SECOND_BASE,
 )
 NOTE = "controls.second_base is false: no two-network ensemble control\n"
 

@@ -20,6 +20,12 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 )
 IMAGE_SHAPE: tuple[int, int, int] = (32, 32, 3)
 
+# The prepared splits, by name: the three carved from the source's training images
+# (hmoe.data.split: train fits the experts and the router, gate the gates, val nothing),
+# then the source's own test split. Their files are hmoe.paths.split(name).
+CARVED_SPLITS: tuple[str, ...] = ("train", "gate", "val")
+PREPARED_SPLITS: tuple[str, ...] = (*CARVED_SPLITS, "test")
+
 # Class-folder trees: <split>/<class>/<image>, with these splits and image suffixes.
 SPLITS: tuple[str, ...] = ("train", "test")
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from hmoe.data.constants import CIFAR10_CLASSES, DataError
+from hmoe.data.constants import CARVED_SPLITS, CIFAR10_CLASSES, DataError
 
 _MAX_SEED = 2**32 - 1  # what scikit-learn's random_state accepts
 
@@ -103,7 +103,8 @@ def prepare_splits(
         x_fit, y_fit, val_size=gate_size, limit=None, seed=(seed + 1) % (_MAX_SEED + 1),
         size_key="data.gate_size",
     )
-    return {"train": (x_tr, y_tr), "gate": (x_gate, y_gate), "val": (x_val, y_val)}
+    carved = [(x_tr, y_tr), (x_gate, y_gate), (x_val, y_val)]
+    return dict(zip(CARVED_SPLITS, carved, strict=True))
 
 
 def _stratified(

@@ -1,7 +1,8 @@
 """What a stage adds around each network it trains (:class:`NetworkHooks`), under
 either runner: the network's run, its epoch log, its images per second and training
-cost; on a file store also a backup that a killed run resumes from exactly; then the
-network, its epoch log and metrics written through the stage, and its registration.
+cost; on a file store also a backup that a killed run resumes from exactly (for every
+network but the gates: :attr:`hmoe.steps.hooks.NetworkJob.resumable`); then the network,
+its epoch log and metrics written through the stage, and its registration.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ logger = logging.getLogger("hmoe")
 @dataclass(frozen=True)
 class Network:
     """Where one network of a stage goes, by dvc.yaml's paths: its file, epoch log and
-    metrics (None: the stage gathers several networks' metrics itself), and the name
-    it is registered under.
+    metrics, and the name it is registered under. A None file or metrics: the stage
+    writes them itself (several networks' metrics in one file; the gates, trained
+    jointly, written and registered one by one).
     """
 
-    model: Path
+    model: Path | None
     history: Path
     metrics: Path | None
     registered: str
@@ -77,7 +79,9 @@ class NetworkHooks(Hooks):
         with (
             self.stage.network_run(name) as run,
             self._state(name, job) as (callbacks, state_dir),
-            training_scope(self.stage.params.train.distribute) as replicas,
+            training_scope(
+                self.stage.params.train.distribute if job.parallel else "none"
+            ) as replicas,
         ):
             self.replicas, self._timer = replicas, _epoch_timer_class()()
             self.stage.log_param("replicas", replicas, run=name)
@@ -97,9 +101,10 @@ class NetworkHooks(Hooks):
     def _state(self, name: str, job: NetworkJob) -> Iterator[tuple[list, Path | None]]:
         """On a file store, the backup a killed run resumes from (kept outside every DVC
         output, which DVC deletes before it reruns a stage, with the epoch log of every
-        attempt); in memory, only a temporary epoch log.
+        attempt); in memory, or for a network that cannot resume exactly
+        (``job.resumable``: the gates), only a temporary epoch log.
         """
-        if not self.stage.store.on_disk:
+        if not (self.stage.store.on_disk and job.resumable):
             with tempfile.TemporaryDirectory() as tmp:
                 self._log, self.resumed_at = Path(tmp) / "history.csv", 0
                 yield [], None
@@ -123,8 +128,9 @@ class NetworkHooks(Hooks):
         shutil.rmtree(backup, ignore_errors=True)
 
     def finished(self, job: NetworkJob, model: Any, summary: dict[str, Any]) -> dict[str, Any]:
-        """Summary from the epoch log (every attempt's epochs); the network, its log and
-        metrics written; its figures logged; then its registration.
+        """The step's summary, its epoch figures taken from the epoch log (every
+        attempt's epochs); the network, its log and metrics written; its figures
+        logged; then its registration.
         """
         import pandas as pd
 
@@ -132,13 +138,14 @@ class NetworkHooks(Hooks):
         from hmoe.metrics import summarise_history
 
         fit_s = time.perf_counter() - self._start
+        networks = model if isinstance(model, list | tuple) else [model]  # gates: several
         out, name = self.outputs[job.name], self.run_name(job)
         log = self._log.read_bytes()
-        summary = summarise_history(
-            pd.read_csv(self._log).to_dict("list"), monitor="val_accuracy", mode="max"
-        )
+        epochs = pd.read_csv(self._log).to_dict("list")
+        summary = summary | summarise_history(epochs, monitor=job.monitor, mode=job.mode)
         self.stage.write(out.history, log)
-        self.stage.write(out.model, model)
+        if out.model is not None:
+            self.stage.write(out.model, model)
         if out.metrics is not None:
             self.stage.write(out.metrics, summary)
         images = job.n_train * (summary["epochs_run"] - self.resumed_at)
@@ -148,7 +155,7 @@ class NetworkHooks(Hooks):
         passes = job.n_train * summary["epochs_run"]  # image passes (forward + backward)
         self.stage.networks[job.name] = {
             "images_per_s": rate,
-            "gmacs": passes * multiply_adds(model) / 1e9,
+            "gmacs": passes * sum(multiply_adds(m) for m in networks) / 1e9,
             "model": out.model,
         }
         # timings go to MLflow only: a DVC metric would differ between identical models
@@ -157,7 +164,8 @@ class NetworkHooks(Hooks):
         logger.info(
             "%s: %.0f images/s after compile (first epoch %.1f s)", job.name, rate, times[0]
         )
-        self.stage.register(model, out.registered, out.model, name)
+        if out.model is not None:
+            self.stage.register(model, out.registered, out.model, name)
         return summary
 
     def resume_inputs(self, run: str, job: NetworkJob) -> dict[str, Any]:

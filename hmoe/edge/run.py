@@ -29,8 +29,7 @@ from hmoe.edge import start
 from hmoe.edge.store import FileStore, Store
 from hmoe.groups import Groups
 from hmoe.params import Params
-from hmoe.pipeline import Stage as Declared
-from hmoe.pipeline import read_stages
+from hmoe.pipeline import DeclaredStage, read_stages
 from hmoe.pipeline import stage as declared_stage
 
 logger = logging.getLogger("hmoe")
@@ -70,10 +69,10 @@ class NoRun:
     def wall_times(self) -> dict[str, float]:
         return {}
 
-    def evaluated(self, params: Any, mix: Any, test: Any, result: Any) -> None:
+    def evaluated(self, params: Any, mix: Any, test: Any, result: Any, **recorded: Any) -> None:
         pass
 
-    def finish_pipeline(self, params: Any, groups: Any, result: Any, files: Any) -> None:
+    def finish_pipeline(self, params: Any, networks: Any, result: Any, files: Any) -> None:
         pass
 
 
@@ -83,6 +82,9 @@ class NoObserver:
     @contextlib.contextmanager
     def run(self, stage: Stage, name: str, tags: Mapping[str, str]) -> Iterator[NoRun]:
         yield NoRun()
+
+    def pointers(self) -> list[str]:
+        return []
 
 
 @dataclass
@@ -101,7 +103,7 @@ class Stage:
 
     def __init__(
         self,
-        declared: Declared,
+        declared: DeclaredStage,
         params: Params,
         store: Store,
         observer: Any,
@@ -183,7 +185,13 @@ class Stage:
 
     @contextlib.contextmanager
     def network_run(self, name: str) -> Iterator[Any]:
-        """One trained network's run, around its training."""
+        """One trained network's run, around its training; a network named after the
+        stage (its one network, or the gates) trains in the stage's own run, which
+        stays open for what the stage records after it (the gates' registrations).
+        """
+        if name == self.name:
+            yield self.record
+            return
         with self._open(name) as run:
             self._runs[name] = run
             try:
@@ -225,7 +233,7 @@ class Stage:
             return
         target = self._runs.get(run) if run else self.record
         if example is None:
-            example = self.datasets["val"][0][:4]
+            example = self.datasets[paths.VAL.stem][0][:4]
         if target is not None:
             target.register_network(model, name, example, path)
 
@@ -253,6 +261,8 @@ def run_stage(
     with stage:
         function(stage)
     logger.info("%s: done in %.1f s", name, time.perf_counter() - start_s)
+    for line in stage.observer.pointers():  # where to look: the last line logged
+        logger.info("%s", line)
     return stage
 
 

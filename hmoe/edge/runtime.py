@@ -36,7 +36,9 @@ def setup(params: Params) -> tuple[str, str, bool, str]:
     """
     import keras
 
-    keras.utils.set_random_seed(params.seed)
+    from hmoe.resume import reseed
+
+    reseed(params.seed)
     jit, jit_why = resolve_jit(params.train.jit_compile)
     backend = keras.backend.backend()
     if backend == "tensorflow":

@@ -19,7 +19,9 @@ import pandas as pd
 
 from hmoe.stats import compare, seed_image_bootstrap, t_interval
 
-# What findings.md averages, in this order (those a configuration has).
+# What findings.md averages, in this order (those a configuration has): figures of
+# hmoe.metrics.FIGURES, each next to the gates' val figure of the same name when a
+# sweep has it (tests/unit/test_findings.py keeps the two in step).
 ACCURACIES = (
     "mixture_accuracy",
     "val_mixture_accuracy",

@@ -215,30 +215,34 @@ def log_pyfunc(
     python_model: mlflow.pyfunc.PythonModel,
     *,
     artifacts: Mapping[str, Path],
-    code_paths: list[str],
     example: np.ndarray,
     example_output: Any,
     tags: Mapping[str, str],
 ) -> str:
-    """Log and register a pyfunc model; return its version, tagged with ``tags``.
+    """Log and register a pyfunc model; return its version, tagged with ``tags``. Its
+    code is the modules its class's module imports (:func:`served_code`), no more.
 
     The signature holds outputs only: MLflow enforces an input schema by casting (a
     uint8 spec turns 0.5 into 0) or by refusing other dtypes, so a pyfunc that checks
     its inputs itself answers with a message that says what is expected instead.
     """
+    import tempfile
+
     from mlflow.models import ModelSignature, infer_signature
 
     outputs = infer_signature(example, example_output).outputs
-    info = mlflow.pyfunc.log_model(
-        name=registered_name.removeprefix("hmoe-"),
-        python_model=python_model,
-        artifacts={k: str(v) for k, v in artifacts.items()},
-        code_paths=code_paths,
-        signature=ModelSignature(inputs=None, outputs=outputs),
-        input_example=example,
-        registered_model_name=registered_name,
-        pip_requirements=requirements(),
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        code = served_code(type(python_model).__module__, Path(tmp))
+        info = mlflow.pyfunc.log_model(
+            name=registered_name.removeprefix("hmoe-"),
+            python_model=python_model,
+            artifacts={k: str(v) for k, v in artifacts.items()},
+            code_paths=[str(code)],
+            signature=ModelSignature(inputs=None, outputs=outputs),
+            input_example=example,
+            registered_model_name=registered_name,
+            pip_requirements=requirements(),
+        )
     version = str(info.registered_model_version)
     tag_version(registered_name, version, tags)
     logger.info("registered %s version %s", registered_name, version)
@@ -254,3 +258,71 @@ def link_lineage(parent: str, md5s: Mapping[str, str]) -> None:
     for name, (version, run_id) in versions_for_outputs(md5s).items():
         client.set_tag(parent, f"model_version.{name}", version)
         client.set_tag(parent, f"source_run.{name}", run_id)
+
+
+def served_code(module: str, dest: Path) -> Path:
+    """``module``'s package, as a folder under ``dest`` holding only ``module`` and the
+    modules of its package it imports, transitively, at module level or inside a
+    function (and their packages' ``__init__``): what a served pyfunc runs, without
+    the training, sweep or team code beside it. Returns the package's folder. The
+    modules are read, not imported.
+    """
+    import importlib.util
+    import shutil
+
+    top = module.split(".", maxsplit=1)[0]
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"{module} is not in a package")
+    root = Path(next(iter(spec.submodule_search_locations))).parent  # holds the package
+    for file in _closure(module, root):
+        target = dest / file.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(file, target)
+    return dest / top
+
+
+def _closure(module: str, root: Path) -> set[Path]:
+    """Files of ``module`` and of every module of its package it imports, transitively
+    (``root``: the folder holding the package).
+    """
+    top = module.split(".", maxsplit=1)[0]
+    todo, found = [module], {}
+    while todo:
+        name = todo.pop()
+        file = _module_file(root, name)
+        if name in found or file is None:
+            continue  # seen, or `from a import b` where b is a name, not a module
+        found[name] = file
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # packages run first
+        package = name if file.name == "__init__.py" else name.rpartition(".")[0]
+        todo += [m for m in _imported(file, package) if m.split(".")[0] == top]
+    return set(found.values())
+
+
+def _module_file(root: Path, name: str) -> Path | None:
+    path = root.joinpath(*name.split("."))
+    for file in (path.with_suffix(".py"), path / "__init__.py"):
+        if file.is_file():
+            return file
+    return None
+
+
+def _imported(file: Path, package: str) -> set[str]:
+    """Names ``file`` imports anywhere in its body (``from a import b`` names both
+    ``a`` and ``a.b``; relative imports resolved against ``package``).
+    """
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            names |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    return names

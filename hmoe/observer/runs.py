@@ -63,6 +63,7 @@ class StageRun:
         self.params = params
         self.stage = stage  # the run's name: the stage, or `stage@group` for a network
         self.on_disk = on_disk  # its outputs are files (registered), not memory
+        self.finished = False  # it closed the pipeline's parent run
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         tracking.log_metrics(metrics, step)
@@ -99,11 +100,21 @@ class StageRun:
         return tracking.stage_wall_times(self.parent)
 
     def evaluated(
-        self, params: Params, mix: Mixture, test: tuple[np.ndarray, np.ndarray], result: Evaluation
+        self,
+        params: Params,
+        mix: Mixture,
+        test: tuple[np.ndarray, np.ndarray],
+        result: Evaluation,
+        *,
+        tables: Sequence[Path],
+        val_accuracy: float,
+        val_digest: str,
     ) -> None:
         """The evaluate run's metrics with inference timings and its confusion matrix
-        (classes x classes, rows true); on files, the per-class table and the mixture's
-        registration, made `@champion` if it is better on val.
+        (classes x classes, rows true); on files, the tables the stage wrote and the
+        mixture's registration, made `@champion` if its ``val_accuracy`` (the gates
+        stage's) is better on the val split of ``val_digest``. The stage hands over
+        what it wrote and read: this module opens no pipeline file itself.
         """
         from hmoe import modelset
         from hmoe.metrics import confusion
@@ -116,22 +127,23 @@ class StageRun:
         tracking.log_dict({"classes": classes, "matrix": matrix.tolist()}, "confusion.json")
         if not self.on_disk:
             return
-        tracking.log_artifacts([paths.PER_CLASS])
+        tracking.log_artifacts(tables)
         if params.mlflow.register:
             self.drop_superseded(modelset.MIXTURE)
             version = register_mixture(mix.groups, params, x[:2])
-            val = json.loads(paths.GATES_METRICS.read_text())
-            val_accuracy = float(val["val_accuracy"])
-            registry.apply_champion_rule(
-                modelset.MIXTURE, version, val_accuracy, file_md5(paths.VAL)
-            )
+            registry.apply_champion_rule(modelset.MIXTURE, version, val_accuracy, val_digest)
 
     def finish_pipeline(
-        self, params: Params, groups: Groups, result: Evaluation, files: Sequence[Path]
+        self,
+        params: Params,
+        networks: Mapping[str, str],
+        result: Evaluation,
+        files: Sequence[Path],
     ) -> None:
         """Close the pipeline run: a held one (a sweep's pair) takes the summary metrics
         and tags, and closes itself (:func:`pipeline`); otherwise link it to the
-        versions behind every network file, then put every effective param (flattened:
+        versions behind every network file (``networks``: registered name -> the md5
+        of the file the stage read), then put every effective param (flattened:
         `mlflow ui` compares runs by them), the summary metrics and the report on it and
         mark it finished.
         """
@@ -141,12 +153,9 @@ class StageRun:
             held.metrics |= {k: float(v) for k, v in result.metrics.items() if finite(v)}
             held.tags |= tags
             return
-        from hmoe import modelset
-
-        outs = modelset.model_files(groups.names)
-        md5s = {name: file_md5(path) for name, path in outs.items() if path.is_file()}
-        registry.link_lineage(self.parent, md5s)
+        registry.link_lineage(self.parent, dict(networks))
         tracking.finish_parent(self.parent, result.metrics, files, tags, flatten(params))
+        self.finished = True
 
 
 class Observer:
@@ -156,6 +165,17 @@ class Observer:
 
     def __init__(self, experiment: str) -> None:
         self.experiment = experiment
+        self.closed: list[str] = []  # the parent runs its stages closed (evaluate's)
+
+    def pointers(self) -> list[str]:
+        """Where to look at what was recorded: for each pipeline a stage closed, the link
+        that opens its experiment's runs table (the last line a pipeline run logs).
+        """
+        if not self.closed:
+            return []
+        link, serve = tracking.runs_table(self.experiment)
+        where = f" (served by `{serve}`)" if serve else ""
+        return [f"MLflow runs of experiment {self.experiment!r}{where}: {link}"]
 
     @contextlib.contextmanager
     def run(self, stage: Any, name: str, tags: Mapping[str, str]) -> Iterator[StageRun]:
@@ -178,7 +198,10 @@ class Observer:
                 )
             for context, (x, y, path) in stage.datasets.items():
                 tracking.log_dataset(context, x, y, path, stage.store.digest(path))
-            yield StageRun(parent, params, name, stage.store.on_disk)
+            run = StageRun(parent, params, name, stage.store.on_disk)
+            yield run
+            if run.finished:
+                self.closed.append(parent)
 
     def replay(
         self, params: Params, logged: Mapping[str, Any], digest: str | None, tags: Mapping
@@ -292,7 +315,6 @@ def register_mixture(groups: Groups, params: Params, example: np.ndarray) -> str
     """Log and register the assembled mixture as a pyfunc (`hmoe-mixture`): its
     networks and config as artifacts, each network's md5 as a tag.
     """
-    import hmoe
     from hmoe import modelset
     from hmoe.mixture import Prediction
     from hmoe.serving import CONFIG, MixturePyfunc, mixture_config, predictions_frame
@@ -313,7 +335,6 @@ def register_mixture(groups: Groups, params: Params, example: np.ndarray) -> str
         modelset.MIXTURE,
         MixturePyfunc(),
         artifacts=files | {CONFIG: CONFIG_FILE},
-        code_paths=[str(Path(hmoe.__file__).parent)],
         example=example,
         example_output=predictions_frame(dummy, list(groups.classes), list(groups.names)),
         tags=tags | tracking.common_tags(),

@@ -44,6 +44,7 @@ STAGE_TAG = "hmoe_stage"
 # MLflow 3.17's UI opens an experiment on its GenAI overview unless this experiment tag
 # names another kind; with it, the runs table ("Model training") is the first view.
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def pipeline_key() -> str:
     held = _held.get(None)
     if held is not None:
         return held.key
-    return os.environ.get("DVC_EXP_NAME") or f"repro@{gitrev.commit()[:10]}-{inputs_digest()}"
+    return os.environ.get("DVC_EXP_NAME") or f"repro@{gitrev.commit(short=True)}-{inputs_digest()}"
 
 
 def inputs_digest() -> str:
@@ -151,6 +152,21 @@ def setup(experiment: str, root: Path | None = None) -> str:
                 client.set_experiment_tag(exp_id, KIND_TAG, KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def runs_table(experiment: str) -> tuple[str, str]:
+    """The link that opens ``experiment``'s runs table, and the command that serves a
+    local store ("" for a tracking server). MLflow 3.17's UI opens on its GenAI
+    overview whatever the experiment's tags say (docs/tracking.md);
+    ``workflowType=machine_learning`` opens the runs ("Model training") instead.
+    """
+    uri = mlflow.get_tracking_uri()
+    exp = MlflowClient().get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else "0"
+    server = uri.startswith(("http://", "https://"))
+    base = masked(uri).rstrip("/") if server else LOCAL_UI
+    link = f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    return link, "" if server else f"mlflow ui --backend-store-uri {uri}"
 
 
 def masked(uri: str) -> str:

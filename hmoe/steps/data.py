@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from hmoe.data.constants import PREPARED_SPLITS
 from hmoe.data.raw import RawData
 from hmoe.data.split import class_counts, prepare_splits
 from hmoe.params import DataParams
 
 Split = tuple[np.ndarray, np.ndarray]
-SPLIT_NAMES = ("train", "gate", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def prepare(raw: RawData, data: DataParams) -> Prepared:
         limit=data.limit,
         seed=data.split_seed,
     )
-    splits["test"] = (raw.x_test, raw.y_test)
+    splits[PREPARED_SPLITS[-1]] = (raw.x_test, raw.y_test)  # the source's own test split
     report = {
         "source": data.source,
         "kind": raw.kind,
@@ -44,4 +44,4 @@ def prepare(raw: RawData, data: DataParams) -> Prepared:
         "counts": {name: class_counts(y) for name, (_, y) in splits.items()},
         "sizes": {name: len(y) for name, (_, y) in splits.items()},
     }
-    return Prepared({n: splits[n] for n in SPLIT_NAMES}, report)
+    return Prepared({n: splits[n] for n in PREPARED_SPLITS}, report)

@@ -1,8 +1,11 @@
-"""Steps `train_base`, `train_specialists` and `train_router`: the frozen networks.
+"""Steps `train_base`, `train_specialists` (one :func:`train_specialist` per group) and
+`train_router`: the frozen networks.
 
-Randomness: layers built with no explicit seed draw from Keras's global generators,
-which the caller seeds (:func:`hmoe.edge.runtime.setup`, before each stage); the second
-base reseeds with its own seed, as its own network.
+Randomness: each network is seeded right before it is built, with its own seed
+(:func:`hmoe.resume.reseed`): the base and the router with `seed`, the second base and
+each specialist with an offset of it. Layers built with no explicit seed draw from the
+generators seeded there, so a network depends on its seed alone, not on what its stage
+drew before it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from hmoe.groups import Groups
 from hmoe.metrics import summarise_history
 from hmoe.params import NetParams, Params
 from hmoe.recipe import build_network, fit_classifier
-from hmoe.resume import TrainingDiverged
+from hmoe.resume import TrainingDiverged, reseed
 from hmoe.steps.hooks import NO_HOOKS, Hooks, NetworkJob
 
 logger = logging.getLogger(__name__)
@@ -54,22 +57,6 @@ def train_base(
     n_classes = len(_classes(params))
     name = "second_base" if second else "base"
     return _train(params, params.base, name, n_classes, train, val, seed=seed, hooks=hooks)
-
-
-def train_specialists(
-    params: Params,
-    groups: Groups,
-    train: Split,
-    val: Split,
-    *,
-    base: keras.Model | None = None,
-    hooks: Hooks = NO_HOOKS,
-) -> dict[str, Trained]:
-    """One specialist per group, in the groups' order (see :func:`train_specialist`)."""
-    return {
-        g: train_specialist(params, groups, g, train, val, base=base, hooks=hooks)
-        for g in groups.names
-    }
 
 
 def train_specialist(
@@ -195,10 +182,7 @@ def _train(
         raise ValueError(f"{name}: init_from_base needs the trained base")
     job = NetworkJob(name, seed, n_outputs, len(train[1]), len(val[1]), cfg.init_from_base)
     with hooks.network(job) as fit:
-        # Seeded here, so the network depends on its seed alone, not on what the caller
-        # drew before (loading the base from disk draws initialiser seeds; the sweep
-        # keeps it in memory): a stage and the sweep build the same network.
-        keras.utils.set_random_seed(seed)
+        reseed(seed)  # the network depends on its seed alone (hmoe.resume.reseed)
         model = build_network(
             n_outputs,
             params.net,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import keras
@@ -23,6 +22,8 @@ from hmoe.groups import Groups
 from hmoe.metrics import accuracy, summarise_history
 from hmoe.mixture import Mixture, Outputs, combine, route_weights
 from hmoe.params import ROUTINGS, Params
+from hmoe.resume import reseed
+from hmoe.steps.hooks import NO_HOOKS, Hooks, NetworkJob
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +69,12 @@ def train_gates(
     fit: Split,
     val: Split,
     *,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
+    hooks: Hooks = NO_HOOKS,
 ) -> TrainedGates:
     """Frozen outputs on the fitting and val images, then every gate fitted jointly
-    through the routed mixture (``experts``: the mixture without gates).
+    through the routed mixture (``experts``: the mixture without gates), inside the
+    caller's ``hooks`` as one network: its run, epoch log and cost. The gates' summary
+    is the best val-loss epoch's, with the val accuracies of both routings.
     """
     cfg, routing = params.gates, params.mixture.routing
     seen = GateInput(cfg.inputs)
@@ -85,31 +88,36 @@ def train_gates(
         time.perf_counter() - start,
     )
     n_in = out_fit.for_gate(0, seen).shape[1]
-    # Seeded here, so the gates depend on the seed alone, not on what the caller drew
-    # before (a stage that loads the frozen networks from disk draws initialiser seeds).
-    keras.utils.set_random_seed(params.seed)
-    gates = [
-        build_gate(n_in, hidden=cfg.hidden, name=f"gate_{g}", kind=cfg.kind) for g in groups.names
-    ]
-    history = fit_gates(
-        gates,
-        trainer_inputs(out_fit, routing, seen),
-        fit[1],
-        trainer_inputs(out_val, routing, seen),
-        val[1],
-        cfg,
-        callbacks=callbacks,
-    )
-    # Keras's default predict batch (32), without tf.data (hmoe.feed)
-    weights = [feed.predict(g, out_val.for_gate(i, seen), 32) for i, g in enumerate(gates)]
-    summary = summarise_history(history.history, monitor="val_loss", mode="min")
-    for r in ROUTINGS:  # both routings with these gates: the evidence for the default
-        probs = combine(route_weights(out_val.router, r), weights, out_val.base, out_val.specs)
-        summary[f"val_{r}_accuracy"] = accuracy(probs, val[1])
-    summary["val_accuracy"] = summary[f"val_{routing}_accuracy"]
-    summary["val_base_accuracy"] = accuracy(out_val.base, val[1])
-    for g, w in zip(groups.names, weights, strict=True):  # how much each trusts its specialist
-        summary[f"val_specialist_weight_{g}"] = float(w[:, 1].mean())
+    job = NetworkJob(
+        "gates", params.seed, 2, len(fit[1]), len(val[1]), init_from_base=False,
+        monitor="val_loss", mode="min", resumable=False, parallel=False,
+    )  # fmt: skip
+    with hooks.network(job) as fitting:
+        reseed(params.seed)  # the gates depend on the seed alone (hmoe.resume.reseed)
+        gates = [
+            build_gate(n_in, hidden=cfg.hidden, name=f"gate_{g}", kind=cfg.kind)
+            for g in groups.names
+        ]
+        history = fit_gates(
+            gates,
+            trainer_inputs(out_fit, routing, seen),
+            fit[1],
+            trainer_inputs(out_val, routing, seen),
+            val[1],
+            cfg,
+            callbacks=fitting.callbacks,
+        )
+        # Keras's default predict batch (32), without tf.data (hmoe.feed)
+        weights = [feed.predict(g, out_val.for_gate(i, seen), 32) for i, g in enumerate(gates)]
+        summary = summarise_history(history.history, monitor=job.monitor, mode=job.mode)
+        for r in ROUTINGS:  # both routings with these gates: the evidence for the default
+            probs = combine(route_weights(out_val.router, r), weights, out_val.base, out_val.specs)
+            summary[f"val_{r}_accuracy"] = accuracy(probs, val[1])
+        summary["val_accuracy"] = summary[f"val_{routing}_accuracy"]
+        summary["val_base_accuracy"] = accuracy(out_val.base, val[1])
+        for g, w in zip(groups.names, weights, strict=True):  # the trust in each specialist
+            summary[f"val_specialist_weight_{g}"] = float(w[:, 1].mean())
+        summary = hooks.finished(job, gates, summary)
     logger.info(
         "gates: val mixture accuracy %.4f (base %.4f)",
         summary["val_accuracy"],

@@ -8,7 +8,7 @@ store; a test passes none. The steps stay pure: every file a hook writes is the 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,12 +21,19 @@ if TYPE_CHECKING:  # the hooks' types alone: a stage that trains nothing loads n
 class NetworkJob:
     """One network a step is about to train (what a hook needs to name and key it)."""
 
-    name: str  # base, second_base, router, specialist@<group>
+    name: str  # base, second_base, router, specialist@<group>, gates
     seed: int
     n_outputs: int
     n_train: int
     n_val: int
     init_from_base: bool  # built from the trained base's layers
+    monitor: str = "val_accuracy"  # the epoch log's figure the kept epoch is chosen by
+    mode: str = "max"  # ...at its max (accuracy) or min (loss)
+    # Whether a killed run resumes it from its last epoch, exactly (hmoe.resume). The
+    # gates cannot: Keras's own shuffle and early stopping keep state no backup holds,
+    # and the gates' epochs take seconds on their precomputed inputs.
+    resumable: bool = True
+    parallel: bool = True  # trained data-parallel when train.distribute says so
 
 
 @dataclass
@@ -49,10 +56,14 @@ class Hooks:
         yield Fit()
 
     def finished(
-        self, job: NetworkJob, model: keras.Model, summary: dict[str, Any]
+        self,
+        job: NetworkJob,
+        model: keras.Model | Sequence[keras.Model],
+        summary: dict[str, Any],
     ) -> dict[str, Any]:
-        """Called with the trained network inside :meth:`network`; returns the summary
-        (a resuming caller rebuilds it from every attempt's epoch log).
+        """Called with the trained network (or the networks trained jointly: the gates)
+        inside :meth:`network`; returns the summary (a resuming caller rebuilds it from
+        every attempt's epoch log).
         """
         return summary
 

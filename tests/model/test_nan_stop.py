@@ -35,11 +35,10 @@ def test_nan_loss_stops_the_stage_and_names_the_learning_rate(tmp_path, monkeypa
     x, y = make_images(8, seed=0)
     save_split(paths.TRAIN, x, y)  # the stage logs its input splits as MLflow datasets
     save_split(paths.VAL, x[:20], y[:20])
-    reports = paths.stage_reports("train_base")
     with pytest.raises(StageError, match=r"became NaN.*`base\.learning_rate`"):
         run_stage("train_base", p, FileStore(), Observer(p.mlflow.experiment))
     assert not paths.BASE_MODEL.exists()
-    assert not (reports / "metrics.json").exists()
+    assert not paths.BASE_METRICS.exists()
     assert paths.BACKUPS.is_dir()  # the hooks made one while training ...
     assert not any(paths.BACKUPS.glob("train_base-*"))  # ... and deleted it
     (run,) = MlflowClient().search_runs(

@@ -137,8 +137,35 @@ def test_one_parent_with_a_child_per_stage(repo, client):
     }
     gates = next(r for r in children if r.info.run_name == "train_gates")
     assert {i.dataset.name for i in gates.inputs.dataset_inputs} == {"gate", "val"}
+    # the gates train inside the shared hooks: their run has the cost figures too
+    assert {"fit_s", "train_images_per_s", "final_val_loss", "final_val_accuracy"} <= set(
+        gates.data.metrics
+    )
+    assert gates.data.params["replicas"] == "1"
     assert "gates.epochs" not in base.data.params
     assert len(client.get_metric_history(base.info.run_id, "val_accuracy")) == 1
+
+
+def test_the_last_line_logged_links_the_experiments_runs_table(repo, client):
+    """`mlflow ui` 3.17 opens on its GenAI overview: the run ends with the link that
+    opens its experiment's runs table instead.
+    """
+    _, _, log = repo
+    logged = [line for line in log.splitlines() if re.match(r"\S+ \S+ [A-Z]+ hmoe[.\w]*: ", line)]
+    exp_id = client.get_experiment_by_name("hmoe-test").experiment_id
+    link = f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    assert logged[-1].endswith(f": {link}"), logged[-3:]
+    assert "mlflow ui --backend-store-uri sqlite:///" in logged[-1]
+
+
+def test_the_mixture_ships_only_the_code_serving_imports(repo, client, tmp_path):
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts("models:/hmoe-mixture/1", dst_path=tmp_path))
+    code = local / "code" / "hmoe"
+    shipped = {p.relative_to(code).as_posix() for p in code.rglob("*.py")}
+    assert {"serving.py", "mixture.py", "gates.py"} <= shipped
+    assert not [f for f in shipped if f.startswith(("sweep", "teamstack", "observer/", "steps/"))]
 
 
 def test_every_network_is_registered_and_tagged(repo, client):
@@ -208,7 +235,7 @@ def _decides_no_output(root) -> list[str]:
     (the sweep, serving, the CLI...): none of them can change a stage's output.
     """
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    deps = [Path(d) for spec in stages.values() for d in spec.get("do", spec)["deps"]]
+    deps = [Path(d) for spec in stages.values() for d in spec["deps"]]
     unlisted = {
         str(rel)
         for rel in (f.relative_to(root) for f in (root / "hmoe").rglob("*.py"))

@@ -70,7 +70,6 @@ def _covered(file: Path, deps: list[str]) -> bool:
 @pytest.mark.parametrize("name", sorted(_stages()))
 def test_stage_lists_every_module_it_imports(name):
     spec = _stages()[name]
-    spec = spec.get("do", spec)
     module = spec["cmd"].split()[2]
     needed = {f for f in closure(module) if f.name != "__init__.py" or f.parent.name != "stages"}
     needed = {f for f in needed if not logging_only(f)}
@@ -82,7 +81,6 @@ def test_stage_lists_every_module_it_imports(name):
 def test_stage_lists_no_module_it_does_not_import(name):
     """The converse: a listed module the stage never runs would rerun it for nothing."""
     spec = _stages()[name]
-    spec = spec.get("do", spec)
     needed = {f for f in closure(spec["cmd"].split()[2]) if not logging_only(f)}
     code_deps = [d for d in spec["deps"] if d.endswith(".py") or d in PACKAGE_DEPS]
     extra = [d for d in code_deps if not any(f == Path(d) or Path(d) in f.parents for f in needed)]

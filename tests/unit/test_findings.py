@@ -216,3 +216,14 @@ def test_cli_rejects_an_unknown_reference(tmp_path):
     pd.DataFrame(rows()).to_csv(tmp_path / "findings.csv", index=False)
     with pytest.raises(SystemExit, match="not one of"):
         main([str(tmp_path), "--reference", "nope"])
+
+
+def test_findings_columns_are_figures_the_evaluation_names():
+    """One home for what each figure is: findings.md averages figures of
+    hmoe.metrics.FIGURES (and the gates' val figures of the same names), no others.
+    """
+    from hmoe.findings.tables import ACCURACIES
+    from hmoe.metrics import FIGURES
+
+    strays = [k for k in ACCURACIES if k.removeprefix("val_") not in FIGURES]
+    assert not strays, f"findings columns hmoe.metrics.FIGURES does not name: {strays}"

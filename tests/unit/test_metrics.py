@@ -22,3 +22,9 @@ def test_specialist_accuracy_only_counts_its_group():
     spec[:, 2] = 1.0  # always predicts class 2
     y = np.array([2, 3, 0, 1])  # group {2, 3}: one of two right; others ignored
     assert specialist_accuracy(spec, y, (2, 3)) == 0.5
+
+
+def test_the_headline_is_figures_the_report_labels():
+    from hmoe.metrics import FIGURES, HEADLINE
+
+    assert set(HEADLINE) <= set(FIGURES), set(HEADLINE) - set(FIGURES)

@@ -217,3 +217,38 @@ def test_a_temperature_without_distillation_is_refused_with_its_reason(raw_param
         parse_params(raw_params)
     raw_params["specialists"]["distill"] = 0.5
     assert parse_params(raw_params).specialists.temperature == 3.0
+
+
+def _dvc_set_params(path, overrides):
+    """What `dvc exp run -S` does to params.yaml: DVC's own round trip (ruamel, Hydra's
+    override grammar, lists replaced whole, written back in block style).
+    """
+    from dvc.utils.hydra import apply_overrides
+
+    apply_overrides(path, overrides)
+    return path.read_text()
+
+
+def test_params_yaml_is_in_the_form_dvc_writes_back(tmp_path):
+    """Setting a key to its own value leaves the file byte for byte: any flow list,
+    `null` or comment that DVC's dump moves would show up in every experiment's diff.
+    """
+    committed = (ROOT / "params.yaml").read_text()
+    copy = tmp_path / "params.yaml"
+    copy.write_text(committed)
+    assert _dvc_set_params(copy, ["seed=42", "data.limit=null"]) == committed
+
+
+def test_an_experiments_params_diff_is_only_the_keys_it_set(tmp_path):
+    import difflib
+
+    committed = (ROOT / "params.yaml").read_text()
+    copy = tmp_path / "params.yaml"
+    copy.write_text(committed)
+    changed = _dvc_set_params(copy, ["data.source=elsewhere", "groups.natural=[bird,cat,deer]"])
+    diff = difflib.unified_diff(committed.splitlines(), changed.splitlines(), lineterm="", n=0)
+    lines = [d for d in diff if d[:1] in "+-" and d[:3] not in ("---", "+++")]
+    removed = sorted(d[1:].split("#")[0].strip() for d in lines if d.startswith("-"))
+    added = [d[1:].split("#")[0].strip() for d in lines if d.startswith("+")]
+    assert removed == ["- dog", "- frog", "- horse", "source: keras"], lines
+    assert added == ["source: elsewhere"], lines

@@ -15,8 +15,7 @@ def _stages():
 
 
 def _outs(stage):
-    spec = stage.get("do", stage)
-    return [next(iter(o)) if isinstance(o, dict) else o for o in spec.get("outs", [])]
+    return [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
 
 
 def test_outputs_match_paths_module():
@@ -30,7 +29,7 @@ def test_outputs_match_paths_module():
     ]
     # each network's training summary is an out, not a DVC metric: `dvc exp show` leads
     # with evaluate's headline (issue 22)
-    assert _outs(s["train_base"]) == [str(paths.BASE_MODEL), "reports/train_base/metrics.json"]
+    assert _outs(s["train_base"]) == [str(paths.BASE_MODEL), str(paths.BASE_METRICS)]
     assert _outs(s["train_router"])[0] == str(paths.ROUTER_MODEL)
     assert _outs(s["groups"]) == [str(paths.GROUPS)]
     assert _outs(s["train_specialists"]) == [str(paths.SPECIALISTS), str(paths.SPECIALIST_METRICS)]
@@ -56,20 +55,20 @@ def test_groups_file_is_read_by_every_stage_after_groups():
 
 def test_only_evaluate_reads_the_test_split():
     for name, stage in _stages().items():
-        deps = stage.get("do", stage).get("deps", [])
+        deps = stage.get("deps", [])
         assert (str(paths.TEST) in deps) == (name == "evaluate"), name
 
 
 def test_declared_params_exist():
     flat = flatten(load_params(ROOT / "params.yaml"))
     for name, stage in _stages().items():
-        for key in stage.get("do", stage).get("params", []):
+        for key in stage.get("params", []):
             assert any(k == key or k.startswith(f"{key}.") for k in flat), (name, key)
 
 
 def test_stage_modules_exist():
     for stage in _stages().values():
-        cmd = stage.get("do", stage)["cmd"]
+        cmd = stage["cmd"]
         module = cmd.split()[2]
         assert (ROOT / Path(*module.split("."))).with_suffix(".py").is_file(), cmd
 

@@ -64,3 +64,37 @@ def test_lineage_links_the_version_whose_md5_is_the_output(client, tmp_path):
     tags = client.get_run(parent).data.tags
     assert tags[f"model_version.{NAME}"] == str(old)
     assert not any("hmoe-unregistered" in k for k in tags)
+
+
+SERVED_IMPORTS = """
+import hmoe.serving
+from hmoe.serving import MixturePyfunc
+from hmoe.mixture import load_mixture
+from hmoe.modelset import load_model
+print(hmoe.serving.__file__)
+"""
+
+
+def test_the_served_pyfunc_ships_only_what_serving_imports(tmp_path):
+    """The mixture's pyfunc code is hmoe.serving's import closure: enough to load and
+    run it in a process that sees no other hmoe code, and no training, sweep, team or
+    MLflow-logging module.
+    """
+    import os
+    import subprocess
+    import sys
+
+    code = registry.served_code("hmoe.serving", tmp_path / "code")
+    shipped = {p.relative_to(code).as_posix() for p in code.rglob("*.py")}
+    assert {"serving.py", "mixture.py", "gates.py", "groups.py", "__init__.py"} <= shipped
+    unwanted = ("sweep", "teamstack", "observer/", "steps/", "report", "findings/", "cli")
+    assert not [f for f in shipped if f.startswith(unwanted)], sorted(shipped)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
+        "PYTHONPATH": str(code.parent)
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVED_IMPORTS], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == str(code / "serving.py")

@@ -105,3 +105,19 @@ def save(files):
     for path, value in files.items():
         FileStore().write(path, value)
     return list(files)
+
+
+def test_the_log_line_gives_the_headline_in_its_order():
+    from hmoe.metrics import HEADLINE
+    from hmoe.report import headline
+
+    metrics = {k: 0.5 + i / 100 for i, k in enumerate(HEADLINE)} | {
+        "vs_base_diff": 0.01, "vs_base_ci_low": -0.002, "vs_base_ci_high": 0.02,
+        "vs_base_mcnemar_p": 0.04, "ensemble_accuracy": 0.9,
+    }  # fmt: skip
+    line = headline(metrics, "two_bases")
+    shown = [k.removesuffix("_accuracy") for k in HEADLINE]
+    assert line.startswith("test accuracy: " + ", ".join(f"{k} 0.5" for k in shown[:1]))
+    positions = [line.index(f" {k} ") for k in shown]
+    assert positions == sorted(positions), line
+    assert "ensemble" not in line and line.endswith("best control two_bases")
