@@ -280,8 +280,8 @@ def test_second_repro_reruns_nothing_and_gates_change_reruns_two(repo):
 
 
 def test_hierarchy_options_rerun_only_what_they_change(repo):
-    """Learned groups, dustbin specialists trained longer, gates on features and the
-    second base, in one experiment: the base is reused, the groups are discovered, the
+    """Learned groups, dustbin specialists trained longer, learned gates on features and
+    the second base, in one experiment: the base is reused, the groups are discovered, the
     specialists train for the epochs their key says, the control is scored.
     """
     root, env, _ = repo
@@ -289,6 +289,7 @@ def test_hierarchy_options_rerun_only_what_they_change(repo):
         "groups=2",
         "specialists.dustbin=0.5",
         "specialists.epochs=2",
+        "gates.kind=learned",
         "gates.inputs=both",
         "controls.second_base=true",
     ]

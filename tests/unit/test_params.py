@@ -150,7 +150,12 @@ NON_DEFAULT = {
     "mlflow.experiment": "other",
     "mlflow.register": False,
 }
-REFUSED = {"specialists.distill": "needs `specialists.temperature`"}
+REFUSED = {
+    "specialists.distill": "needs `specialists.temperature`",
+    # the default gates (fixed) see nothing and fit nothing
+    "gates.inputs": "no effect with `gates.kind: fixed`",
+    "gates.fit_on": "nothing is fitted",
+}
 
 
 def _leaves(raw: dict, prefix: str = "") -> dict:
