@@ -67,7 +67,7 @@ def collect(out: Path, config: str) -> Path:
             "inference_mmacs_trunk_shared": new_layer_macs(model, start) / 1e6,
         }
     base = load_model(paths.BASE_MODEL)
-    base_metrics = json.loads((paths.stage_reports("train_base") / "metrics.json").read_text())
+    base_metrics = json.loads(paths.BASE_METRICS.read_text())
     base_epochs = int(base_metrics["epochs_run"])
     record = {
         "config": config,

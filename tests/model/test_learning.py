@@ -103,7 +103,7 @@ def test_gates_learn_to_trust_a_perfect_specialist_over_a_random_base(params):
         specs=tuple(np.concatenate(s) for s in zip(fit_out.specs, val_out.specs, strict=True)),
     )
     cfg = dataclasses.replace(
-        params.gates, epochs=30, patience=30, learning_rate=0.01, inputs="probs"
+        params.gates, kind="learned", epochs=30, patience=30, learning_rate=0.01, inputs="probs"
     )
     p = dataclasses.replace(
         params, gates=cfg, mixture=dataclasses.replace(params.mixture, routing="hard")
