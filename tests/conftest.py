@@ -5,6 +5,7 @@ tests/support/shared.py) and how the suite is spread over pytest-xdist's workers
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import sys
 from pathlib import Path
@@ -99,6 +100,12 @@ def _float32_after_each_test():
     yield
     if "keras" in sys.modules:
         sys.modules["keras"].mixed_precision.set_global_policy("float32")
+    if "mlflow" in sys.modules:
+        # A stage run in process that a test leaves unfinished (a context generator still
+        # suspended) ends its MLflow run when the garbage collector finalises it. Left to
+        # chance, that happened inside MLflow's store lock while a later test opened a
+        # store, and the worker deadlocked (2026-12-08): finalise it here, between tests.
+        gc.collect()
 
 
 @pytest.fixture
