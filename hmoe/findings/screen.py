@@ -29,6 +29,7 @@ import pandas as pd
 
 from hmoe.evidence import SplitEvidence, load_evidence
 from hmoe.findings.cascades import Key, _files
+from hmoe.findings.tables import _row, header
 from hmoe.stats import t_interval
 
 logger = logging.getLogger("hmoe.findings")
@@ -125,7 +126,7 @@ def screen_markdown(table: pd.DataFrame) -> str:
     for g in groups:
         head += [f"{g}: spec / base", f"{g}: diff [95 % CI]", f"{g}: err corr spec (2nd base)"]
     head += ["val mixture, 1/2 gates", "val mixture, own gates", "val two bases"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = header(head)
     for _, r in table.iterrows():
         ratio = r["train_gmacs_specialists"] / r["train_gmacs_base"]
         cells = [
@@ -148,7 +149,7 @@ def screen_markdown(table: pd.DataFrame) -> str:
             f"{100 * r['val_mixture_own_gates']:.2f} % ({r['gate_kind']}: {r['gate_weights']})",
             f"{100 * r.get('val_two_bases', float('nan')):.2f} %",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     return "\n".join(lines) + "\n"
 
 
